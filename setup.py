@@ -1,0 +1,15 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dssd_d2",
+    version="0.1.0",
+    description="SSD, DSSD and DSOD single-shot detectors for Detectron2",
+    packages=find_packages(include=["dssd_d2", "dssd_d2.*"]),
+    python_requires=">=3.9",
+    # Detectron2 itself is not listed: pip cannot resolve it. See README (Installation).
+    install_requires=["torch>=1.13", "torchvision", "numpy", "Pillow", "opencv-python-headless"],
+    extras_require={
+        "test": ["pytest", "scikit-learn"],
+        "export": ["onnx", "onnxruntime"],
+    },
+)
