@@ -1,0 +1,136 @@
+"""Config keys of the SSD family. Defaults are SSD300 (VGG16, Pascal VOC) from the SSD paper."""
+from detectron2.config import CfgNode as CN
+
+
+def add_ssd_config(cfg):
+    """Add every key used by dssd_d2 to ``cfg`` (in place). Existing keys are left alone."""
+    _C = cfg
+
+    # ---------------------------------------------------------------- input and augmentation
+    # SSD resizes every image, in training and at test time, to this fixed square (no aspect
+    # ratio kept); predictions are mapped back to the original size by detector_postprocess.
+    _C.INPUT.FIXED_SIZE = 300
+    _C.INPUT.SSD_AUG = CN()
+    # Random brightness, contrast, saturation, hue and channel order (SSD paper, Sec. 3.6).
+    _C.INPUT.SSD_AUG.PHOTOMETRIC = True
+    # Zoom out: paste the image on a canvas up to this many times larger, filled with the
+    # pixel mean, with probability EXPAND_PROB. A ratio of 1.0 disables it.
+    _C.INPUT.SSD_AUG.EXPAND_RATIO = 4.0
+    _C.INPUT.SSD_AUG.EXPAND_PROB = 0.5
+    # Min-IoU random crop: a patch whose IoU with the boxes is at least one of MIN_IOUS (or
+    # the whole image); a box is kept only when its centre lies in the patch.
+    _C.INPUT.SSD_AUG.MIN_IOU_CROP = True
+    _C.INPUT.SSD_AUG.MIN_IOUS = [0.1, 0.3, 0.5, 0.7, 0.9]
+    _C.INPUT.SSD_AUG.MIN_CROP_SIZE = 0.3
+    # Horizontal flip uses Detectron2's INPUT.RANDOM_FLIP ("horizontal" or "none").
+
+    # ---------------------------------------------------------------- SSD meta-architecture
+    _C.MODEL.SSD = CN()
+    # Foreground classes; the softmax has NUM_CLASSES + 1 outputs, background last.
+    _C.MODEL.SSD.NUM_CLASSES = 20
+    # Backbone features the head predicts from, finest first.
+    _C.MODEL.SSD.IN_FEATURES = ["conv4_3", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2"]
+    # A prior is positive when its IoU with a ground truth is >= IOU_THRESHOLD; every ground
+    # truth is also forced onto its best prior.
+    _C.MODEL.SSD.IOU_THRESHOLD = 0.5
+    # Hard negative mining: at most this many negatives per positive, highest loss first.
+    _C.MODEL.SSD.NEG_POS_RATIO = 3.0
+    # SSD's variances 0.1 / 0.2 expressed as Box2BoxTransform weights.
+    _C.MODEL.SSD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    _C.MODEL.SSD.SMOOTH_L1_BETA = 1.0
+    # Inference: softmax scores above SCORE_THRESH_TEST, at most TOPK_CANDIDATES_TEST per
+    # class before class-wise NMS at NMS_THRESH_TEST; TEST.DETECTIONS_PER_IMAGE are kept.
+    _C.MODEL.SSD.SCORE_THRESH_TEST = 0.01
+    _C.MODEL.SSD.TOPK_CANDIDATES_TEST = 400
+    _C.MODEL.SSD.NMS_THRESH_TEST = 0.45
+    # Parameter-name prefixes to freeze (requires_grad False, BatchNorm frozen), e.g.
+    # ["backbone.bottom_up"] for DSSD's first training stage. An unknown prefix is an error.
+    _C.MODEL.SSD.FREEZE = []
+
+    # ---------------------------------------------------------------- SSD head
+    _C.MODEL.SSD_HEAD = CN()
+    # Registered in dssd_d2.modeling.heads.SSD_HEAD_REGISTRY.
+    _C.MODEL.SSD_HEAD.NAME = "SSDHead"
+    # Module between each feature map and its class/box convs (DSSD paper, Fig. 2), one of
+    # PREDICTION_MODULE_REGISTRY: "none" (a), "residual" (b, identity skip),
+    # "residual_projection" (c, the DSSD choice), "two_residual_projection" (d).
+    _C.MODEL.SSD_HEAD.PREDICTION_MODULE = "none"
+    # Bottleneck and output channels of the residual prediction modules.
+    _C.MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS = [256, 1024]
+    _C.MODEL.SSD_HEAD.NORM = "BN"
+    # Kernel size of the class and box predictors.
+    _C.MODEL.SSD_HEAD.KERNEL_SIZE = 3
+
+    # ---------------------------------------------------------------- priors (default boxes)
+    # Per level: min size, max size (the extra square is sqrt(min * max); 0: none), aspect
+    # ratios in MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS (w / h as in SSD; FLIP adds 1 / r), and
+    # the step between prior centres (empty: the backbone's feature strides).
+    # MODEL.ANCHOR_GENERATOR.OFFSET 0.5 centres priors at (i + 0.5) * step.
+    # Set MODEL.ANCHOR_GENERATOR.NAME to "SSDAnchorGenerator" to use them.
+    _C.MODEL.ANCHOR_GENERATOR.MIN_SIZES = [30, 60, 111, 162, 213, 264]
+    _C.MODEL.ANCHOR_GENERATOR.MAX_SIZES = [60, 111, 162, 213, 264, 315]
+    _C.MODEL.ANCHOR_GENERATOR.STEPS = [8, 16, 32, 64, 100, 300]
+    _C.MODEL.ANCHOR_GENERATOR.FLIP = True
+    # Clip priors to the FIXED_SIZE square (the SSD reference does not).
+    _C.MODEL.ANCHOR_GENERATOR.CLIP = False
+
+    # ---------------------------------------------------------------- VGG16 (reduced) backbone
+    _C.MODEL.VGG = CN()
+    # Channels of the five conv stages (2, 2, 3, 3, 3 convs); fc6/fc7 channels.
+    _C.MODEL.VGG.CONV_DIMS = [64, 128, 256, 512, 512]
+    _C.MODEL.VGG.FC_DIM = 1024
+    # fc6 is a 3x3 conv with this dilation (atrous, SSD "reduced" VGG).
+    _C.MODEL.VGG.FC6_DILATION = 6
+    # Learned L2Norm scale on conv4_3 (ParseNet), initialised to this value.
+    _C.MODEL.VGG.L2NORM_SCALE = 20.0
+
+    # ---------------------------------------------------------------- extra SSD layers
+    # Levels appended after the backbone, one entry each: [bottleneck, out] channels, stride,
+    # padding and kernel of the second conv. Defaults: SSD300 (10, 5, 3, 1). SSD512 adds a
+    # fifth level and ends with a 4x4 kernel (16, 8, 4, 2, 1).
+    _C.MODEL.SSD_EXTRAS = CN()
+    _C.MODEL.SSD_EXTRAS.CONV_DIMS = [[256, 512], [128, 256], [128, 256], [128, 256]]
+    _C.MODEL.SSD_EXTRAS.STRIDES = [2, 2, 1, 1]
+    _C.MODEL.SSD_EXTRAS.PADDINGS = [1, 1, 0, 0]
+    _C.MODEL.SSD_EXTRAS.KERNEL_SIZES = [3, 3, 3, 3]
+    _C.MODEL.SSD_EXTRAS.NORM = ""
+
+    # ---------------------------------------------------------------- solver
+    # Micro-batches accumulated into one optimizer step (one iteration); the effective batch
+    # is SOLVER.IMS_PER_BATCH * ACCUMULATION_STEPS.
+    _C.SOLVER.ACCUMULATION_STEPS = 1
+
+    # ---- DSOD
+    # DenseNet backbone and prediction layers (build_dsod_backbone), named like the paper's
+    # DS/A-B-k-theta. Defaults: DSOD300 DS/64-192-48-1 with dense prediction, as released.
+    _C.MODEL.DSOD = CN()
+    # A: channels of the first two stem convs (the third has 2A). Default 64.
+    _C.MODEL.DSOD.STEM_WIDTH = 64
+    # B: channels of each dense layer's 1x1 bottleneck. Default 192.
+    _C.MODEL.DSOD.BOTTLENECK_WIDTH = 192
+    # k: growth rate, channels each dense layer adds. Default 48.
+    _C.MODEL.DSOD.GROWTH_RATE = 48
+    # theta: a transition keeps floor(theta * C) of its C input channels. Default 1.0.
+    _C.MODEL.DSOD.COMPRESSION = 1.0
+    # Layers in each of the four dense blocks. Default [6, 8, 8, 8].
+    _C.MODEL.DSOD.BLOCK_LAYERS = [6, 8, 8, 8]
+    # Output channels of the four transitions (two with pooling, two without); 0 means
+    # floor(COMPRESSION * input). Default [0, 0, 0, 256]: the released model ends in 256
+    # channels; [0, 0, 0, 0] is the paper's Table 1 (1568).
+    _C.MODEL.DSOD.TRANSITION_CHANNELS = [0, 0, 0, 256]
+    # Prediction structure: "dense" (learn half, reuse half) or "plain" (SSD-like). Default "dense".
+    _C.MODEL.DSOD.PREDICTION = "dense"
+    # "dense": channels of each half at sources 2-6 (source 2's learned half is the last
+    # transition). Default [256, 256, 128, 128, 128]: sources of 512, 512, 256, 256, 256.
+    _C.MODEL.DSOD.DENSE_HALF_CHANNELS = [256, 256, 128, 128, 128]
+    # "plain": [bottleneck, out] channels of sources 3-6. Default SSD300's
+    # [[256, 512], [128, 256], [128, 256], [128, 256]].
+    _C.MODEL.DSOD.PLAIN_CHANNELS = [[256, 512], [128, 256], [128, 256], [128, 256]]
+    # Side of the last source at 300 input: 2 (released model, 8744 priors) or 1 (paper's
+    # Fig. 1, 8732 priors). Default 2.
+    _C.MODEL.DSOD.LAST_MAP_SIZE = 2
+    # Normalisation in every DSOD conv: "BN" or "SyncBN" (any Detectron2 get_norm name).
+    # Default "BN".
+    _C.MODEL.DSOD.NORM = "BN"
+    # Initial scale of the L2Norm on each of the six sources. Default 20.0.
+    _C.MODEL.DSOD.L2NORM_SCALE = 20.0

@@ -1,0 +1,20 @@
+"""Small layers shared by the SSD-family backbones."""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class L2Norm(nn.Module):
+    """Channel-wise L2 normalisation with a learned per-channel scale (ParseNet).
+
+    SSD puts it on conv4_3 (and DSOD on every source) because early features have a much larger
+    magnitude than later ones; the scale starts at ``scale`` (20 in both papers).
+    """
+
+    def __init__(self, channels: int, scale: float = 20.0, eps: float = 1e-10):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.full((channels,), float(scale)))
+
+    def forward(self, x):
+        return F.normalize(x, p=2.0, dim=1, eps=self.eps) * self.weight.view(1, -1, 1, 1)

@@ -1,0 +1,229 @@
+"""The SSD meta-architecture: a Detectron2 DenseDetector with SSD's matching, loss and inference."""
+import logging
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, batched_nms, cat
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.utils.events import get_event_storage
+
+from .heads import build_ssd_head
+
+__all__ = ["SSD", "freeze_parameters"]
+
+logger = logging.getLogger(__name__)
+
+
+def freeze_parameters(model: nn.Module, prefixes: Sequence[str]):
+    """Freeze every parameter whose name starts with one of ``prefixes``; BatchNorm layers under
+    them become FrozenBatchNorm2d so their running statistics stop moving too."""
+    for prefix in prefixes:
+        path = prefix.rstrip(".")
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            raise ValueError(f"MODEL.SSD.FREEZE has {prefix!r}, which names no module") from None
+        for p in module.parameters():
+            p.requires_grad_(False)
+        frozen = FrozenBatchNorm2d.convert_frozen_batchnorm(module)
+        if frozen is not module:  # the prefix names a BatchNorm layer itself
+            parent, _, name = path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, name, frozen)
+    return model
+
+
+@META_ARCH_REGISTRY.register()
+class SSD(DenseDetector):
+    """Single-shot detector (Liu et al. 2016) over any Detectron2 backbone.
+
+    Training matches priors to ground truth (IoU >= threshold, and each ground truth forced onto
+    its best prior), applies softmax cross-entropy with hard negatives mined at NEG:POS and smooth
+    L1 on encoded offsets, both divided by the number of positives. Inference takes softmax
+    scores above a threshold, the top k per class, class-wise NMS and the best detections.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        head: nn.Module,
+        head_in_features: List[str],
+        anchor_generator: nn.Module,
+        box2box_transform: Box2BoxTransform,
+        num_classes: int,
+        iou_threshold: float = 0.5,
+        neg_pos_ratio: float = 3.0,
+        smooth_l1_beta: float = 1.0,
+        test_score_thresh: float = 0.01,
+        test_topk_candidates: int = 400,
+        test_nms_thresh: float = 0.45,
+        max_detections_per_image: int = 200,
+        freeze: Sequence[str] = (),
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        input_format: str = "BGR",
+    ):
+        super().__init__(
+            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
+        self.anchor_generator = anchor_generator
+        self.box2box_transform = box2box_transform
+        self.num_classes = num_classes
+        # Labels: IoU >= threshold is foreground (1), below is background (0).
+        self.anchor_matcher = Matcher([iou_threshold], [0, 1], allow_low_quality_matches=False)
+        self.neg_pos_ratio = neg_pos_ratio
+        self.smooth_l1_beta = smooth_l1_beta
+        self.test_score_thresh = test_score_thresh
+        self.test_topk_candidates = test_topk_candidates
+        self.test_nms_thresh = test_nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+        self.input_format = input_format
+        freeze_parameters(self, freeze)
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        in_features = list(cfg.MODEL.SSD.IN_FEATURES)
+        missing = [f for f in in_features if f not in backbone_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.SSD.IN_FEATURES has {missing}, which the backbone "
+                f"{cfg.MODEL.BACKBONE.NAME} does not output (it has {list(backbone_shape)})"
+            )
+        feature_shapes = [backbone_shape[f] for f in in_features]
+        anchor_generator = build_anchor_generator(cfg, feature_shapes)
+        return {
+            "backbone": backbone,
+            "head": build_ssd_head(cfg, feature_shapes, anchor_generator.num_anchors),
+            "head_in_features": in_features,
+            "anchor_generator": anchor_generator,
+            "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.SSD.BBOX_REG_WEIGHTS),
+            "num_classes": cfg.MODEL.SSD.NUM_CLASSES,
+            "iou_threshold": cfg.MODEL.SSD.IOU_THRESHOLD,
+            "neg_pos_ratio": cfg.MODEL.SSD.NEG_POS_RATIO,
+            "smooth_l1_beta": cfg.MODEL.SSD.SMOOTH_L1_BETA,
+            "test_score_thresh": cfg.MODEL.SSD.SCORE_THRESH_TEST,
+            "test_topk_candidates": cfg.MODEL.SSD.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": cfg.MODEL.SSD.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "freeze": cfg.MODEL.SSD.FREEZE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+        }
+
+    # ------------------------------------------------------------------ training
+    def forward_training(self, images: ImageList, features, predictions, gt_instances):
+        pred_logits, pred_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes + 1, 4]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes)
+
+    @torch.no_grad()
+    def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
+        """
+        Returns:
+            list[Tensor]: per image, (R,) class of each prior; ``num_classes`` is background.
+            list[Tensor]: per image, (R, 4) the matched ground-truth box of each prior.
+        """
+        anchors = Boxes.cat(anchors)
+        gt_labels, matched_gt_boxes = [], []
+        for gt in gt_instances:
+            if len(gt) == 0:
+                gt_labels.append(torch.full_like(anchors.tensor[:, 0], self.num_classes).long())
+                matched_gt_boxes.append(torch.zeros_like(anchors.tensor))
+                continue
+            iou = pairwise_iou(gt.gt_boxes, anchors)  # (G, R)
+            matched_idxs, anchor_labels = self.anchor_matcher(iou)
+            # Force every ground truth onto its best prior, in order, so that the prior points at
+            # that ground truth even when another one overlaps it more (Matcher's low-quality
+            # matching would keep the other one).
+            best_anchor = iou.argmax(dim=1)
+            for gt_index, anchor_index in enumerate(best_anchor.tolist()):
+                matched_idxs[anchor_index] = gt_index
+                anchor_labels[anchor_index] = 1
+            labels = gt.gt_classes[matched_idxs].clone()
+            labels[anchor_labels == 0] = self.num_classes
+            gt_labels.append(labels)
+            matched_gt_boxes.append(gt.gt_boxes.tensor[matched_idxs])
+        return gt_labels, matched_gt_boxes
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_deltas, gt_boxes) -> Dict[str, Tensor]:
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        pos_mask = gt_labels != self.num_classes
+        num_pos = pos_mask.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_pos / gt_labels.shape[0])
+        normalizer = max(num_pos, 1)
+
+        logits = cat(pred_logits, dim=1)  # (N, R, K + 1)
+        cls_loss = F.cross_entropy(
+            logits.flatten(0, 1), gt_labels.flatten(), reduction="none"
+        ).view_as(gt_labels)
+        keep = pos_mask | self.hard_negatives(cls_loss.detach(), pos_mask)
+        loss_cls = cls_loss[keep].sum() / normalizer
+
+        loss_box_reg = _dense_box_regression_loss(
+            anchors,
+            self.box2box_transform,
+            pred_deltas,
+            gt_boxes,
+            pos_mask,
+            box_reg_loss_type="smooth_l1",
+            smooth_l1_beta=self.smooth_l1_beta,
+        ) / normalizer
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
+
+    def hard_negatives(self, cls_loss: Tensor, pos_mask: Tensor) -> Tensor:
+        """Per image, the ``neg_pos_ratio * #positives`` background priors of highest loss."""
+        num_neg = (pos_mask.sum(dim=1, keepdim=True) * self.neg_pos_ratio).long()
+        num_neg = num_neg.clamp(max=pos_mask.shape[1] - 1)
+        neg_loss = cls_loss.masked_fill(pos_mask, float("-inf"))
+        rank = neg_loss.argsort(dim=1, descending=True).argsort(dim=1)
+        return (rank < num_neg) & ~pos_mask
+
+    # ------------------------------------------------------------------ inference
+    def forward_inference(self, images: ImageList, features: List[Tensor], predictions):
+        pred_logits, pred_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes + 1, 4]
+        )
+        anchors = Boxes.cat(self.anchor_generator(features)).tensor
+        scores = F.softmax(cat(pred_logits, dim=1), dim=-1)[..., : self.num_classes]
+        deltas = cat(pred_deltas, dim=1)
+        return [
+            self.inference_single_image(anchors, scores[i], deltas[i], image_size)
+            for i, image_size in enumerate(images.image_sizes)
+        ]
+
+    def inference_single_image(
+        self, anchors: Tensor, scores: Tensor, deltas: Tensor, image_size: Tuple[int, int]
+    ) -> Instances:
+        """Per class: scores above the threshold, top k; then class-wise NMS over all classes."""
+        topk = min(self.test_topk_candidates, scores.shape[0])
+        class_scores, anchor_idxs = scores.t().topk(topk, dim=1)  # (K, topk)
+        keep = class_scores > self.test_score_thresh
+        classes = torch.arange(self.num_classes, device=scores.device)[:, None].expand_as(keep)
+        class_scores, anchor_idxs, classes = class_scores[keep], anchor_idxs[keep], classes[keep]
+
+        boxes = self.box2box_transform.apply_deltas(deltas[anchor_idxs], anchors[anchor_idxs])
+        boxes = Boxes(boxes)
+        boxes.clip(image_size)
+        keep = batched_nms(boxes.tensor, class_scores, classes, self.test_nms_thresh)
+        keep = keep[: self.max_detections_per_image]
+        result = Instances(image_size)
+        result.pred_boxes = boxes[keep]
+        result.scores = class_scores[keep]
+        result.pred_classes = classes[keep]
+        return result
