@@ -1,0 +1,129 @@
+"""SSD's training augmentations (Liu et al. 2016, Sec. 3.6) as Detectron2 augmentations.
+
+Detectron2 has the min-IoU crop, resize and flip; SSD also needs a photometric distortion with
+hue and channel swaps and a zoom-out that fills the canvas with the pixel mean.
+"""
+import random
+from typing import Sequence
+
+import cv2
+import numpy as np
+from fvcore.transforms.transform import PadTransform
+
+from detectron2.data import transforms as T
+
+__all__ = ["PhotometricDistortion", "RandomExpand", "MeanFillPadTransform", "build_ssd_augmentation"]
+
+
+def _distort(image: np.ndarray, brightness, contrast, saturation, hue, contrast_first, order):
+    """Apply SSD's distortions to an RGB/BGR uint8 image (the format does not matter for swaps;
+    saturation and hue are done in HSV from RGB order)."""
+    img = image.astype(np.float32)
+    if brightness:
+        img += brightness
+    if contrast_first and contrast != 1.0:
+        img *= contrast
+    if saturation != 1.0 or hue:
+        hsv = cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(
+            np.float32
+        )
+        hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+        hsv[..., 0] = (hsv[..., 0] + hue / 2.0) % 180.0  # OpenCV stores hue in [0, 180)
+        img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    if not contrast_first and contrast != 1.0:
+        img *= contrast
+    if order is not None:
+        img = img[..., list(order)]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+class PhotometricDistortion(T.Augmentation):
+    """Random brightness, contrast, saturation, hue and channel order, each with probability 0.5,
+    contrast before or after the HSV part at random (the SSD reference's recipe)."""
+
+    def __init__(
+        self,
+        brightness_delta: float = 32.0,
+        contrast_range: Sequence[float] = (0.5, 1.5),
+        saturation_range: Sequence[float] = (0.5, 1.5),
+        hue_delta: float = 18.0,
+        swap_prob: float = 0.5,
+    ):
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image):
+        if image.ndim != 3 or image.shape[2] != 3:
+            return T.NoOpTransform()
+
+        def maybe(value, default):
+            return value if random.random() < 0.5 else default
+
+        params = dict(
+            brightness=maybe(random.uniform(-self.brightness_delta, self.brightness_delta), 0.0),
+            contrast=maybe(random.uniform(*self.contrast_range), 1.0),
+            saturation=maybe(random.uniform(*self.saturation_range), 1.0),
+            hue=maybe(random.uniform(-self.hue_delta, self.hue_delta), 0.0),
+            contrast_first=random.random() < 0.5,
+            order=tuple(np.random.permutation(3)) if random.random() < self.swap_prob else None,
+        )
+        return T.ColorTransform(lambda img: _distort(img, **params))
+
+
+class MeanFillPadTransform(PadTransform):
+    """PadTransform whose image padding is a per-channel fill value (the pixel mean)."""
+
+    def apply_image(self, img):
+        h, w = img.shape[:2]
+        out = np.empty((h + self.y0 + self.y1, w + self.x0 + self.x1) + img.shape[2:], img.dtype)
+        out[...] = np.asarray(self.pad_value, dtype=img.dtype)
+        out[self.y0 : self.y0 + h, self.x0 : self.x0 + w] = img
+        return out
+
+
+class RandomExpand(T.Augmentation):
+    """Zoom out: with probability ``prob``, place the image at a random spot of a canvas up to
+    ``max_ratio`` times its size, filled with ``fill`` (the pixel mean), so that objects become
+    small. This is the "expansion" trick that SSD300* and DSSD rely on for small objects."""
+
+    def __init__(self, max_ratio: float = 4.0, prob: float = 0.5, fill: Sequence[float] = (0, 0, 0)):
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image):
+        if self.max_ratio <= 1.0 or random.random() >= self.prob:
+            return T.NoOpTransform()
+        h, w = image.shape[:2]
+        ratio = random.uniform(1.0, self.max_ratio)
+        new_h, new_w = int(h * ratio), int(w * ratio)
+        top, left = random.randint(0, new_h - h), random.randint(0, new_w - w)
+        fill = tuple(round(v) for v in self.fill)
+        return MeanFillPadTransform(
+            left, top, new_w - w - left, new_h - h - top, orig_w=w, orig_h=h, pad_value=fill
+        )
+
+
+def build_ssd_augmentation(cfg, is_train: bool):
+    """Training: distortion, zoom-out, min-IoU crop, resize to the square, flip. Test: resize."""
+    size = cfg.INPUT.FIXED_SIZE
+    resize = T.Resize((size, size))
+    if not is_train:
+        return [resize]
+    aug_cfg = cfg.INPUT.SSD_AUG
+    augs = []
+    if aug_cfg.PHOTOMETRIC:
+        augs.append(PhotometricDistortion())
+    if aug_cfg.EXPAND_RATIO > 1.0:
+        fill = cfg.MODEL.PIXEL_MEAN
+        if len(fill) != 3:
+            raise ValueError(f"MODEL.PIXEL_MEAN must have 3 values for RandomExpand, got {fill}")
+        augs.append(RandomExpand(aug_cfg.EXPAND_RATIO, aug_cfg.EXPAND_PROB, fill))
+    if aug_cfg.MIN_IOU_CROP:
+        augs.append(T.MinIoURandomCrop(tuple(aug_cfg.MIN_IOUS), aug_cfg.MIN_CROP_SIZE))
+    augs.append(resize)
+    if cfg.INPUT.RANDOM_FLIP == "horizontal":
+        augs.append(T.RandomFlip(horizontal=True, vertical=False))
+    elif cfg.INPUT.RANDOM_FLIP != "none":
+        raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none' for SSD, got "
+                         f"{cfg.INPUT.RANDOM_FLIP!r}")
+    return augs

@@ -1,0 +1,91 @@
+"""SSD matching, hard negative mining and box coding."""
+import torch
+
+from detectron2.modeling import build_model
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from conftest import tiny_ssd300_cfg, training_input
+
+
+def _model():
+    return build_model(tiny_ssd300_cfg(num_classes=3))
+
+
+def _gt(boxes, classes, size=300):
+    gt = Instances((size, size))
+    gt.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    gt.gt_classes = torch.tensor(classes)
+    return gt
+
+
+def test_ground_truth_forced_onto_its_best_prior():
+    model = _model()
+    anchors = [Boxes(torch.tensor([[0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 60, 60.0]]))]
+    # gts 0 and 1 match priors 0 and 1 at IoU 1.0; gt 2 overlaps prior 2 only at IoU 0.25
+    # (< 0.5) yet still owns it, because every ground truth gets its best prior.
+    gt = _gt([[0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 55, 55]], [0, 1, 2])
+    labels, boxes = model.label_anchors(anchors, [gt])
+    assert labels[0].tolist() == [0, 1, 2]
+    torch.testing.assert_close(boxes[0][2], torch.tensor([50, 50, 55, 55.0]))
+
+    # A prior whose highest IoU is with gt 0 is still forced onto gt 1 when it is gt 1's best.
+    anchors = [Boxes(torch.tensor([[0, 0, 10, 10.0], [100, 100, 110, 110.0]]))]
+    gt = _gt([[0, 0, 10, 11], [0, 0, 20, 20]], [0, 1])
+    labels, _ = model.label_anchors(anchors, [gt])
+    assert labels[0].tolist() == [1, 3]  # prior 1 is background (class index 3 == NUM_CLASSES)
+
+
+def test_unmatched_priors_are_background_and_empty_image_has_no_positives():
+    model = _model()
+    anchors = [Boxes(torch.tensor([[0, 0, 10, 10], [200, 200, 260, 260.0]]))]
+    labels, _ = model.label_anchors(anchors, [_gt([[0, 0, 10, 10]], [1]), _gt([], [])])
+    assert labels[0].tolist() == [1, 3]
+    assert labels[1].tolist() == [3, 3]
+
+
+def test_hard_negative_ratio():
+    model = _model()
+    torch.manual_seed(0)
+    cls_loss = torch.rand(2, 100)
+    pos_mask = torch.zeros(2, 100, dtype=torch.bool)
+    pos_mask[0, :5] = True
+    pos_mask[1, :40] = True  # 3 * 40 > 60 negatives available: all negatives are kept
+    negatives = model.hard_negatives(cls_loss, pos_mask)
+    assert negatives[0].sum() == 15 and negatives[1].sum() == 60
+    assert not (negatives & pos_mask).any()
+    # The kept negatives of image 0 are the 15 of highest loss among its negatives.
+    expected = cls_loss[0, 5:].topk(15).indices + 5
+    assert set(negatives[0].nonzero().flatten().tolist()) == set(expected.tolist())
+    model.neg_pos_ratio = 1.0
+    assert model.hard_negatives(cls_loss, pos_mask)[0].sum() == 5
+
+
+def test_box_coding_round_trip_with_ssd_variances():
+    transform = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))
+    priors = torch.tensor([[10, 10, 40, 50], [100, 80, 130, 200.0]])
+    boxes = torch.tensor([[12, 8, 45, 55], [90, 90, 140, 190.0]])
+    deltas = transform.get_deltas(priors, boxes)
+    # SSD encoding: ((cx - pcx) / pw) / 0.1 and log(w / pw) / 0.2.
+    torch.testing.assert_close(deltas[0, 0], torch.tensor((28.5 - 25) / 30 / 0.1))
+    torch.testing.assert_close(deltas[0, 2], torch.log(torch.tensor(33 / 30)) / 0.2)
+    torch.testing.assert_close(transform.apply_deltas(deltas, priors), boxes)
+
+
+def test_losses_finite_with_an_empty_image_and_normalised_by_positives():
+    model = _model()
+    model.train()
+    batch = [
+        training_input(300, [[30, 40, 120, 150], [200, 180, 260, 290]], [0, 2], seed=1),
+        training_input(300, [], [], seed=2),
+    ]
+    with EventStorage():
+        losses = model(batch)
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    for value in losses.values():
+        assert torch.isfinite(value)
+    sum(losses.values()).backward()
+    with EventStorage():
+        only_empty = model([training_input(300, [], [], seed=3)])
+    assert all(torch.isfinite(v) and v == 0 for v in only_empty.values())

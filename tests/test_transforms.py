@@ -1,0 +1,144 @@
+"""SSD augmentations keep boxes valid; the mapper keeps a box only when its centre stays inside."""
+import random
+
+import numpy as np
+import pytest
+
+from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
+
+from dssd_d2.data import PhotometricDistortion, RandomExpand, SSDDatasetMapper
+from dssd_d2.data.transforms import build_ssd_augmentation
+
+from conftest import make_cfg
+
+
+def _image_and_boxes(seed, h=120, w=160):
+    rng = np.random.RandomState(seed)
+    image = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
+    xy = rng.uniform(0, [w - 20, h - 20], size=(5, 2))
+    wh = rng.uniform(5, 40, size=(5, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + wh, [w, h])], axis=1)
+    return image, boxes
+
+
+def _assert_valid(image, boxes):
+    h, w = image.shape[:2]
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert np.isfinite(boxes).all()
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= w + 1e-4).all() and (boxes[:, 3] <= h + 1e-4).all()
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+
+
+@pytest.mark.parametrize(
+    "augmentation",
+    [
+        PhotometricDistortion(),
+        RandomExpand(4.0, prob=1.0, fill=(10, 20, 30)),
+        T.MinIoURandomCrop(),
+        T.Resize((300, 300)),
+        T.RandomFlip(horizontal=True, vertical=False),
+    ],
+    ids=lambda a: type(a).__name__,
+)
+def test_each_augmentation_keeps_boxes_valid_and_inside(augmentation):
+    random.seed(0)
+    np.random.seed(0)
+    for seed in range(20):
+        image, boxes = _image_and_boxes(seed)
+        aug_input = T.AugInput(image, boxes=boxes.copy())
+        transform = augmentation(aug_input)
+        out_boxes = np.clip(
+            aug_input.boxes, 0, [aug_input.image.shape[1], aug_input.image.shape[0]] * 2
+        )
+        _assert_valid(aug_input.image, out_boxes)
+        # Boxes move with the image: the transform applied to the originals gives the same.
+        np.testing.assert_allclose(transform.apply_box(boxes.copy()), aug_input.boxes)
+
+
+def test_expand_fills_with_the_mean_and_keeps_the_image():
+    image, boxes = _image_and_boxes(0)
+    aug_input = T.AugInput(image, boxes=boxes.copy())
+    random.seed(3)
+    transform = RandomExpand(4.0, prob=1.0, fill=(10, 20, 30))(aug_input)
+    out = aug_input.image
+    assert out.shape[0] >= image.shape[0] and out.shape[1] >= image.shape[1]
+    x0, y0 = transform.x0, transform.y0
+    np.testing.assert_array_equal(out[y0 : y0 + 120, x0 : x0 + 160], image)
+    if x0 > 0:
+        np.testing.assert_array_equal(out[0, 0], [10, 20, 30])
+    np.testing.assert_allclose(aug_input.boxes, boxes + [x0, y0, x0, y0])
+
+
+def _mapper_input(boxes, h=100, w=200):
+    return {
+        "file_name": "unused.jpg",
+        "height": h,
+        "width": w,
+        "annotations": [
+            {"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": i % 3}
+            for i, b in enumerate(boxes)
+        ],
+    }
+
+
+def test_mapper_centre_rule_and_degenerate_boxes(monkeypatch, caplog):
+    from detectron2.data import detection_utils
+
+    monkeypatch.setattr(
+        detection_utils, "read_image", lambda *a, **k: np.zeros((100, 200, 3), np.uint8)
+    )
+    cfg = make_cfg("Base-SSD.yaml")
+    # The crop keeps x in [50, 150): a box whose centre is at x=40 goes even though it overlaps.
+    crop = T.CropTransform(50, 0, 100, 100)
+    mapper = SSDDatasetMapper(cfg, is_train=True)
+    mapper.augmentations = T.AugmentationList([crop, T.Resize((300, 300))])
+    boxes = [
+        [20, 10, 60, 50],  # centre x 40: outside the crop, dropped
+        [60, 10, 120, 50],  # centre x 90: kept, unclipped
+        [140, 20, 190, 60],  # centre x 165: outside, dropped
+        [130, 20, 160, 60],  # centre x 145: kept, clipped to the crop
+        [80, 30, 80, 70],  # zero width: dropped with a warning
+    ]
+    out = mapper(_mapper_input(boxes))
+    got = out["instances"].gt_boxes.tensor.numpy()
+    expected = np.array([[10, 10, 70, 50], [80, 20, 100, 60]], dtype=np.float32) * [3, 3, 3, 3]
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    assert out["instances"].gt_classes.tolist() == [1, 0]
+    assert out["image"].shape == (3, 300, 300)
+    assert "zero or negative size" in caplog.text
+
+
+def test_mapper_with_full_ssd_augmentation_gives_valid_boxes(monkeypatch):
+    from detectron2.data import detection_utils
+
+    rng = np.random.RandomState(0)
+    monkeypatch.setattr(
+        detection_utils,
+        "read_image",
+        lambda *a, **k: rng.randint(0, 256, (100, 200, 3)).astype(np.uint8),
+    )
+    cfg = make_cfg("Base-SSD.yaml")
+    mapper = SSDDatasetMapper(cfg, is_train=True)
+    assert [type(a).__name__ for a in mapper.augmentations.augs] == [
+        "PhotometricDistortion",
+        "RandomExpand",
+        "MinIoURandomCrop",
+        "Resize",
+        "RandomFlip",
+    ]
+    random.seed(0)
+    for _ in range(30):
+        out = mapper(_mapper_input([[10, 10, 60, 50], [100, 20, 190, 90], [0, 0, 200, 100]]))
+        assert out["image"].shape == (3, 300, 300)
+        boxes = out["instances"].gt_boxes.tensor.numpy()
+        _assert_valid(out["image"].permute(1, 2, 0).numpy(), boxes)
+        assert ((boxes[:, 2] - boxes[:, 0]) > 0).all() and ((boxes[:, 3] - boxes[:, 1]) > 0).all()
+
+
+def test_test_time_augmentation_is_a_fixed_square_resize():
+    cfg = make_cfg("Base-SSD.yaml")
+    cfg.INPUT.FIXED_SIZE = 320
+    (resize,) = build_ssd_augmentation(cfg, is_train=False)
+    assert isinstance(resize, T.Resize) and resize.shape == (320, 320)
