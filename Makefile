@@ -1,9 +1,9 @@
-# `make install` builds .venv/ (idempotent); `make test` and `make demo` run on top of it.
+# `make install` builds .venv/ (idempotent); `make test` runs on top of it.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo benchmark clean
+.PHONY: install test clean
 
 install: $(VENV)/.installed
 

@@ -4,6 +4,8 @@
     python train_net.py --config-file configs/PascalVOC-Detection/ssd300_vgg16.yaml --num-gpus 8
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 """
+import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -18,6 +20,8 @@ def setup(args):
     add_ssd_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"  # no GPU here: run on the CPU rather than fail
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

@@ -78,6 +78,7 @@ class VGGSSD(Backbone):
     Outputs ``conv4_3`` (L2-normalised, learned scale), ``fc7`` and ``conv6_2``, ``conv7_2``, ...
     (one per extra level). pool3 rounds up (ceil), so a 300 input gives conv4_3 at 38x38.
     Module names follow VGG's (``conv1_1`` ... ``fc7``) so converted ImageNet weights load by name.
+    ``norm`` (off in the SSD paper) adds BatchNorm after every conv, for training from scratch.
     """
 
     @configurable
@@ -88,6 +89,7 @@ class VGGSSD(Backbone):
         fc_dim: int = 1024,
         fc6_dilation: int = 6,
         l2norm_scale: float = 20.0,
+        norm: str = "",
         extras: ExtraLayers,
         in_channels: int = 3,
         out_features: Sequence[str] = (),
@@ -97,12 +99,16 @@ class VGGSSD(Backbone):
         for stage, (num_convs, dim) in enumerate(zip(_CONVS_PER_STAGE, conv_dims), start=1):
             names = [f"conv{stage}_{i}" for i in range(1, num_convs + 1)]
             for name in names:
-                self.add_module(name, nn.Conv2d(in_channels, dim, 3, padding=1))
+                conv = Conv2d(in_channels, dim, 3, padding=1, bias=not norm, norm=get_norm(norm, dim))
+                self.add_module(name, conv)
                 in_channels = dim
             self._stage_convs.append(names)
         self.conv4_3_norm = L2Norm(conv_dims[3], l2norm_scale)
-        self.fc6 = nn.Conv2d(conv_dims[4], fc_dim, 3, padding=fc6_dilation, dilation=fc6_dilation)
-        self.fc7 = nn.Conv2d(fc_dim, fc_dim, 1)
+        self.fc6 = Conv2d(
+            conv_dims[4], fc_dim, 3, padding=fc6_dilation, dilation=fc6_dilation,
+            bias=not norm, norm=get_norm(norm, fc_dim),
+        )
+        self.fc7 = Conv2d(fc_dim, fc_dim, 1, bias=not norm, norm=get_norm(norm, fc_dim))
         xavier_init(self)  # ImageNet weights, when given, overwrite conv1_1 ... fc7
         self.extras = extras
 
@@ -123,6 +129,7 @@ class VGGSSD(Backbone):
             "fc_dim": cfg.MODEL.VGG.FC_DIM,
             "fc6_dilation": cfg.MODEL.VGG.FC6_DILATION,
             "l2norm_scale": cfg.MODEL.VGG.L2NORM_SCALE,
+            "norm": cfg.MODEL.VGG.NORM,
             "extras": ExtraLayers(
                 cfg.MODEL.VGG.FC_DIM,
                 cfg.MODEL.SSD_EXTRAS.CONV_DIMS,
