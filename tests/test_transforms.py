@@ -8,7 +8,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
 from dssd_d2.data import PhotometricDistortion, RandomExpand, SSDDatasetMapper
-from dssd_d2.data.transforms import build_ssd_augmentation
+from dssd_d2.data.transforms import SSDMinIoURandomCrop, build_ssd_augmentation
 
 from conftest import make_cfg
 
@@ -37,6 +37,7 @@ def _assert_valid(image, boxes):
         PhotometricDistortion(),
         RandomExpand(4.0, prob=1.0, fill=(10, 20, 30)),
         T.MinIoURandomCrop(),
+        SSDMinIoURandomCrop(),
         T.Resize((300, 300)),
         T.RandomFlip(horizontal=True, vertical=False),
     ],
@@ -69,6 +70,28 @@ def test_expand_fills_with_the_mean_and_keeps_the_image():
     if x0 > 0:
         np.testing.assert_array_equal(out[0, 0], [10, 20, 30])
     np.testing.assert_allclose(aug_input.boxes, boxes + [x0, y0, x0, y0])
+
+
+def test_ssd_crop_accepts_a_patch_that_fits_one_box_of_many():
+    # 16 small boxes on a grid: no patch overlaps all of them, so Detectron2's rule never crops.
+    grid = np.array([[x, y, x + 20, y + 20] for x in range(0, 160, 40) for y in range(0, 120, 30)])
+    image = np.zeros((120, 160, 3), np.uint8)
+    random.seed(0)
+    ssd_crop = SSDMinIoURandomCrop(min_ious=(0.1,), mode_trials=1)
+    detectron2_crop = T.MinIoURandomCrop(min_ious=(0.1,), mode_trials=1)
+    for crop in (ssd_crop, detectron2_crop):
+        crop.sample_mode = (0.1,)  # only "IoU >= 0.1", not "no crop" (1) or "any patch" (0)
+    ours = [ssd_crop.get_transform(image, grid) for _ in range(20)]
+    theirs = [detectron2_crop.get_transform(image, grid) for _ in range(20)]
+    assert any(isinstance(t, T.CropTransform) for t in ours)
+    assert not any(isinstance(t, T.CropTransform) for t in theirs)
+    for t in ours:
+        if isinstance(t, T.CropTransform):
+            # The crop holds the centre of some box and overlaps it at IoU >= 0.1.
+            centres = (grid[:, :2] + grid[:, 2:]) / 2
+            lo, hi = np.array([t.x0, t.y0]), np.array([t.x0 + t.w, t.y0 + t.h])
+            assert ((centres > lo) & (centres < hi)).all(axis=1).any()
+    assert isinstance(SSDMinIoURandomCrop().get_transform(image, np.zeros((0, 4))), T.NoOpTransform)
 
 
 def _mapper_input(boxes, h=100, w=200):
@@ -124,7 +147,7 @@ def test_mapper_with_full_ssd_augmentation_gives_valid_boxes(monkeypatch):
     assert [type(a).__name__ for a in mapper.augmentations.augs] == [
         "PhotometricDistortion",
         "RandomExpand",
-        "MinIoURandomCrop",
+        "SSDMinIoURandomCrop",
         "Resize",
         "RandomFlip",
     ]

@@ -1,7 +1,8 @@
 """SSD's training augmentations (Liu et al. 2016, Sec. 3.6) as Detectron2 augmentations.
 
-Detectron2 has the min-IoU crop, resize and flip; SSD also needs a photometric distortion with
-hue and channel swaps and a zoom-out that fills the canvas with the pixel mean.
+Detectron2 has the min-IoU crop (whose acceptance rule we bring back to SSD's), resize and flip;
+SSD also needs a photometric distortion with hue and channel swaps and a zoom-out that fills the
+canvas with the pixel mean.
 """
 import random
 from typing import Sequence
@@ -11,8 +12,15 @@ import numpy as np
 from fvcore.transforms.transform import PadTransform
 
 from detectron2.data import transforms as T
+from detectron2.structures import Boxes, pairwise_iou
 
-__all__ = ["PhotometricDistortion", "RandomExpand", "MeanFillPadTransform", "build_ssd_augmentation"]
+__all__ = [
+    "PhotometricDistortion",
+    "RandomExpand",
+    "MeanFillPadTransform",
+    "SSDMinIoURandomCrop",
+    "build_ssd_augmentation",
+]
 
 
 def _distort(image: np.ndarray, brightness, contrast, saturation, hue, contrast_first, order):
@@ -103,6 +111,45 @@ class RandomExpand(T.Augmentation):
         )
 
 
+class SSDMinIoURandomCrop(T.MinIoURandomCrop):
+    """Detectron2's min-IoU crop with SSD's acceptance rule.
+
+    Detectron2 (like mmdetection) accepts a patch only when *every* box overlaps it by at least
+    the sampled IoU. On dense images (BCCD has ~20 cells per image) that rejects every patch,
+    because boxes outside the patch overlap it by 0, so nothing is ever cropped. The SSD
+    reference (Caffe's sample constraint; torchvision's RandomIoUCrop too) accepts a patch when
+    *some* box does, and some box centre lies inside it; this does that. Patch sizes, aspect
+    limits and trial counts are Detectron2's.
+    """
+
+    def get_transform(self, image, boxes):
+        if boxes is None or len(boxes) == 0:
+            return T.NoOpTransform()
+        h, w = image.shape[:2]
+        boxes = Boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+        centres = boxes.get_centers().numpy()
+        for _ in range(self.mode_trials):
+            min_iou = random.choice(self.sample_mode)
+            if min_iou == 1:
+                return T.NoOpTransform()
+            for _ in range(self.crop_trials):
+                new_w = random.uniform(self.min_crop_size * w, w)
+                new_h = random.uniform(self.min_crop_size * h, h)
+                if not 0.5 <= new_h / new_w <= 2:
+                    continue
+                x0, y0 = int(random.uniform(0, w - new_w)), int(random.uniform(0, h - new_h))
+                x1, y1 = int(x0 + new_w), int(y0 + new_h)
+                if x1 <= x0 or y1 <= y0:
+                    continue
+                patch = Boxes(np.array([[x0, y0, x1, y1]], dtype=np.float32))
+                if pairwise_iou(patch, boxes).max() < min_iou:
+                    continue
+                inside = (centres > [x0, y0]).all(axis=1) & (centres < [x1, y1]).all(axis=1)
+                if inside.any():
+                    return T.CropTransform(x0, y0, x1 - x0, y1 - y0)
+        return T.NoOpTransform()
+
+
 def build_ssd_augmentation(cfg, is_train: bool):
     """Training: distortion, zoom-out, min-IoU crop, resize to the square, flip. Test: resize."""
     size = cfg.INPUT.FIXED_SIZE
@@ -119,7 +166,7 @@ def build_ssd_augmentation(cfg, is_train: bool):
             raise ValueError(f"MODEL.PIXEL_MEAN must have 3 values for RandomExpand, got {fill}")
         augs.append(RandomExpand(aug_cfg.EXPAND_RATIO, aug_cfg.EXPAND_PROB, fill))
     if aug_cfg.MIN_IOU_CROP:
-        augs.append(T.MinIoURandomCrop(tuple(aug_cfg.MIN_IOUS), aug_cfg.MIN_CROP_SIZE))
+        augs.append(SSDMinIoURandomCrop(tuple(aug_cfg.MIN_IOUS), aug_cfg.MIN_CROP_SIZE))
     augs.append(resize)
     if cfg.INPUT.RANDOM_FLIP == "horizontal":
         augs.append(T.RandomFlip(horizontal=True, vertical=False))
