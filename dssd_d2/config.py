@@ -83,6 +83,8 @@ def add_ssd_config(cfg):
     _C.MODEL.VGG.FC6_DILATION = 6
     # Learned L2Norm scale on conv4_3 (ParseNet), initialised to this value.
     _C.MODEL.VGG.L2NORM_SCALE = 20.0
+    # Norm after every conv ("" as in the paper; "BN" helps training from scratch).
+    _C.MODEL.VGG.NORM = ""
 
     # ---------------------------------------------------------------- extra SSD layers
     # Levels appended after the backbone, one entry each: [bottleneck, out] channels, stride,
@@ -134,3 +136,22 @@ def add_ssd_config(cfg):
     _C.MODEL.DSOD.NORM = "BN"
     # Initial scale of the L2Norm on each of the six sources. Default 20.0.
     _C.MODEL.DSOD.L2NORM_SCALE = 20.0
+
+    # ---- ResNet-SSD and DSSD
+    # The ResNet part of build_resnet_ssd_backbone uses Detectron2's MODEL.RESNETS keys
+    # (RES5_DILATION = 2 keeps res5 at stride 16) and one bottleneck block per
+    # MODEL.SSD_EXTRAS level; the deconvolution decoder of build_dssd_backbone uses these.
+    _C.MODEL.DSSD = CN()
+    # Registered backbone the decoder wraps (its "bottom_up"). Default "build_resnet_ssd_backbone".
+    _C.MODEL.DSSD.BOTTOM_UP = "build_resnet_ssd_backbone"
+    # Bottom-up features the decoder reads, finest first; the last one starts the decoder and
+    # is passed through unchanged. Outputs are named "dssd_<feature>". Default SSD321's
+    # ["res3", "res5", "res6", "res7", "res8", "res9"].
+    _C.MODEL.DSSD.IN_FEATURES = ["res3", "res5", "res6", "res7", "res8", "res9"]
+    # Channels of every deconvolution module (DSSD paper, Fig. 3). Default 512.
+    _C.MODEL.DSSD.OUT_CHANNELS = 512
+    # How a deconvolution module combines the upsampled and the lateral map: "prod"
+    # (element-wise product, the paper's best) or "sum". Default "prod".
+    _C.MODEL.DSSD.COMBINE = "prod"
+    # Norm after each conv of the deconvolution modules (any get_norm name). Default "BN".
+    _C.MODEL.DSSD.NORM = "BN"

@@ -9,6 +9,7 @@ from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances
 
 import dssd_d2
+from dssd_d2.engine import SSDTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -49,6 +50,18 @@ def training_input(size, boxes, classes, seed=0):
     instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
     instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
     return {"image": random_image(size, size, seed), "instances": instances}
+
+
+def train_and_track(cfg, output_dir):
+    """Train ``cfg`` with SSDTrainer from scratch; return the trainer and the weights that moved."""
+    cfg.OUTPUT_DIR = str(output_dir)
+    trainer = SSDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert trainer.iter == cfg.SOLVER.MAX_ITER
+    changed = {k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])}
+    return trainer, changed
 
 
 @pytest.fixture

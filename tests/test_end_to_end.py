@@ -10,7 +10,7 @@ from detectron2.structures import BoxMode
 
 from dssd_d2.engine import SSDPredictor, SSDTrainer
 
-from conftest import tiny_ssd300_cfg
+from conftest import tiny_ssd300_cfg, train_and_track
 
 
 def _register_random_dataset(name, folder, num_images=4):
@@ -50,15 +50,11 @@ def test_train_and_evaluate_tiny_ssd(tmp_path):
     cfg.SOLVER.BASE_LR = 0.01
     cfg.SOLVER.CHECKPOINT_PERIOD = 1000
     cfg.TEST.EVAL_PERIOD = 0
-    cfg.OUTPUT_DIR = str(tmp_path / "out")
 
-    trainer = SSDTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    trainer.train()
-    assert trainer.iter == cfg.SOLVER.MAX_ITER
-    changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])]
+    torch.manual_seed(0)
+    trainer, changed = train_and_track(cfg, tmp_path / "out")
     assert any(k.startswith("head.") for k in changed) and any("conv1_1" in k for k in changed)
+    assert np.isfinite(trainer.storage.history("total_loss").latest())
     assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
 
     results = SSDTrainer.test(cfg, trainer.model)

@@ -4,20 +4,22 @@ import os
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor, DefaultTrainer
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import COCOEvaluator
 
 from ..data import SSDDatasetMapper
+from ..evaluation import PascalVOCDetectionEvaluatorWithClassAP
 from .accumulation import GradientAccumulationTrainer
 
 __all__ = ["SSDTrainer", "SSDPredictor", "build_evaluator"]
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
-    """Detectron2's evaluator for the dataset's ``evaluator_type``: Pascal VOC for "pascal_voc",
-    COCO otherwise (COCOEvaluator converts any registered detection dataset to COCO format)."""
+    """Detectron2's evaluator for the dataset's ``evaluator_type``: Pascal VOC (plus per-class
+    AP50) for "pascal_voc", COCO otherwise (COCOEvaluator converts any registered detection
+    dataset to COCO format)."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
     if evaluator_type == "pascal_voc":
-        return PascalVOCDetectionEvaluator(dataset_name)
+        return PascalVOCDetectionEvaluatorWithClassAP(dataset_name)
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
 
@@ -28,7 +30,7 @@ class SSDTrainer(DefaultTrainer):
     def __init__(self, cfg):
         super().__init__(cfg)
         # SOLVER.ACCUMULATION_STEPS > 1: each iteration accumulates that many micro-batches.
-        if cfg.SOLVER.ACCUMULATION_STEPS > 1:
+        if cfg.SOLVER.ACCUMULATION_STEPS != 1:  # < 1 is rejected with a message
             self._trainer = GradientAccumulationTrainer.from_trainer(
                 self._trainer, cfg.SOLVER.ACCUMULATION_STEPS
             )

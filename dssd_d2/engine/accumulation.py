@@ -1,0 +1,140 @@
+"""Gradient accumulation for Detectron2's trainers: a large effective batch on a small machine.
+
+DSOD trains from scratch with a batch of 128 (the paper accumulates gradients in Caffe with
+``iter_size``). :class:`GradientAccumulationTrainer` does the same inside Detectron2's loop: one
+``run_step`` (one iteration, one learning-rate step, one optimizer step) runs
+``accumulation_steps`` micro-batches of SOLVER.IMS_PER_BATCH images, each loss scaled by
+1 / accumulation_steps, so the effective batch is IMS_PER_BATCH * ACCUMULATION_STEPS.
+
+Checkpoint and resume need no extra state: gradients are zeroed at the start of every
+``run_step`` and consumed by the optimizer at its end, and Detectron2 runs hooks (checkpointer,
+evaluation) only between steps, so a checkpoint never falls inside an accumulation. What
+survives is what Detectron2 already saves: the iteration, the optimizer (momentum buffers),
+the LR scheduler (its hook) and, with AMP, the gradient scaler.
+"""
+import contextlib
+import time
+from typing import Dict, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from detectron2.engine import AMPTrainer, SimpleTrainer
+
+__all__ = ["GradientAccumulationTrainer"]
+
+
+class GradientAccumulationTrainer(SimpleTrainer):
+    """SimpleTrainer (or, with a ``grad_scaler``, AMPTrainer) that accumulates gradients over
+    ``accumulation_steps`` micro-batches before each optimizer step.
+
+    Logged losses are the mean over the micro-batches, so they read like a single large batch.
+    Under DDP, gradients are all-reduced only on the last micro-batch (``no_sync``).
+    """
+
+    def __init__(
+        self,
+        model,
+        data_loader,
+        optimizer,
+        accumulation_steps: int,
+        *,
+        grad_scaler: Optional[torch.amp.GradScaler] = None,
+        precision: torch.dtype = torch.float16,
+        gather_metric_period: int = 1,
+        async_write_metrics: bool = False,
+    ):
+        """
+        Args:
+            model, data_loader, optimizer, gather_metric_period, async_write_metrics: as in
+                :class:`SimpleTrainer`.
+            accumulation_steps: micro-batches per optimizer step (1: plain SimpleTrainer).
+            grad_scaler: enables mixed precision (autocast to ``precision`` on the model's
+                device) with this scaler, as :class:`AMPTrainer` does.
+        """
+        if accumulation_steps < 1:
+            raise ValueError(f"SOLVER.ACCUMULATION_STEPS must be >= 1, got {accumulation_steps}")
+        super().__init__(
+            model,
+            data_loader,
+            optimizer,
+            gather_metric_period=gather_metric_period,
+            async_write_metrics=async_write_metrics,
+        )
+        self.accumulation_steps = accumulation_steps
+        self.grad_scaler = grad_scaler
+        self.precision = precision
+
+    @classmethod
+    def from_trainer(cls, trainer: SimpleTrainer, accumulation_steps: int):
+        """Take over the model, loader, optimizer and AMP settings of the step trainer that
+        Detectron2's DefaultTrainer built (SimpleTrainer or AMPTrainer)."""
+        amp = isinstance(trainer, AMPTrainer)
+        return cls(
+            trainer.model,
+            trainer.data_loader,
+            trainer.optimizer,
+            accumulation_steps,
+            grad_scaler=trainer.grad_scaler if amp else None,
+            precision=trainer.precision if amp else torch.float16,
+            gather_metric_period=trainer.gather_metric_period,
+            async_write_metrics=trainer.async_write_metrics,
+        )
+
+    def _autocast(self):
+        if self.grad_scaler is None:
+            return contextlib.nullcontext()
+        device_type = next(self.model.parameters()).device.type
+        return torch.autocast(device_type=device_type, dtype=self.precision)
+
+    def _no_sync(self, last_micro_batch: bool):
+        if isinstance(self.model, DistributedDataParallel) and not last_micro_batch:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def run_step(self):
+        assert self.model.training, "[GradientAccumulationTrainer] model was changed to eval mode!"
+        self.optimizer.zero_grad()
+        mean_losses: Dict[str, torch.Tensor] = {}
+        data_time = 0.0
+        for i in range(self.accumulation_steps):
+            start = time.perf_counter()
+            data = next(self._data_loader_iter)
+            data_time += time.perf_counter() - start
+            with self._no_sync(last_micro_batch=(i == self.accumulation_steps - 1)):
+                with self._autocast():
+                    loss_dict = self.model(data)
+                    if isinstance(loss_dict, torch.Tensor):
+                        loss_dict = {"total_loss": loss_dict}
+                    losses = sum(loss_dict.values()) / self.accumulation_steps
+                if self.grad_scaler is not None:
+                    losses = self.grad_scaler.scale(losses)
+                losses.backward()
+            for name, value in loss_dict.items():
+                value = value.detach() / self.accumulation_steps
+                mean_losses[name] = mean_losses[name] + value if name in mean_losses else value
+
+        self.after_backward()
+        if self.async_write_metrics:
+            self.concurrent_executor.submit(
+                self._write_metrics, mean_losses, data_time, iter=self.iter
+            )
+        else:
+            self._write_metrics(mean_losses, data_time)
+
+        if self.grad_scaler is None:
+            self.optimizer.step()
+        else:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

@@ -1,0 +1,198 @@
+"""DSOD: DSOD300 against the paper (Table 1, Tables 3 and 4) and a shrunk DSOD end to end."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.structures import BoxMode
+
+from dssd_d2.engine import SSDTrainer
+from dssd_d2.modeling.backbone import L2Norm, build_dsod_backbone
+
+from conftest import make_cfg, train_and_track
+
+DSOD300 = "PascalVOC-Detection/dsod300.yaml"
+
+# Table 1 at 300 input, (channels, size) after each stage. The released model differs in two
+# places, which the test states: transition3 keeps 1184 channels (Table 1 prints 1120, which
+# does not add up: 1120 + 8 x 48 would be 1504, not the 1568 printed after dense4) and
+# transition4 reduces to 256 (Table 1: 1568) to feed the dense prediction structure.
+TABLE1 = {
+    "stem": (128, 75),
+    "dense1": (416, 75),
+    "transition1": (416, 75),
+    "pool1": (416, 38),
+    "dense2": (800, 38),
+    "transition2": (800, 38),
+    "pool2": (800, 19),
+    "dense3": (1184, 19),
+    "transition3": (1120, 19),
+    "dense4": (1568, 19),
+    "transition4": (1568, 19),
+}
+RELEASED_MODEL = dict(TABLE1, transition3=(1184, 19), transition4=(256, 19))
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def _priors(model, features):
+    anchors = model.anchor_generator([features[f] for f in model.head_in_features])
+    return sum(len(boxes) for boxes in anchors)
+
+
+@pytest.fixture(scope="module")
+def dsod300():
+    """DSOD300 dense (VOC, 20 classes), its stage outputs and its sources for a 300x300 image."""
+    torch.manual_seed(0)
+    model = build_model(make_cfg(DSOD300)).eval()
+    stages = {}
+    hooks = [
+        getattr(model.backbone, name).register_forward_hook(
+            lambda module, inputs, output, name=name: stages.__setitem__(name, output.shape)
+        )
+        for name in TABLE1
+    ]
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, 300, 300))
+    for hook in hooks:
+        hook.remove()
+    return model, stages, features
+
+
+def test_dsod300_dense_parameters_priors_and_sources(dsod300):
+    model, _, features = dsod300
+    assert abs(_params(model) / 1e6 - 14.72) <= 0.01 * 14.72
+    assert _priors(model, features) == 8744
+    assert model.head_in_features == [f"dsod{i}" for i in range(1, 7)]
+    shapes = [tuple(features[f].shape[1:]) for f in model.head_in_features]
+    sizes = [38, 19, 10, 5, 3, 2]
+    assert shapes == [(c, s, s) for c, s in zip([800, 512, 512, 256, 256, 256], sizes)]
+    out_shape = model.backbone.output_shape()
+    assert [out_shape[f].channels for f in model.head_in_features] == [s[0] for s in shapes]
+
+
+def test_dsod300_stages_match_table1_where_the_released_model_does(dsod300):
+    _, stages, _ = dsod300
+    got = {name: (shape[1], shape[2]) for name, shape in stages.items()}
+    assert got == RELEASED_MODEL
+    assert {n for n in TABLE1 if TABLE1[n] != RELEASED_MODEL[n]} == {"transition3", "transition4"}
+
+
+def test_plain_table1_backbone_and_the_papers_1x1_last_map():
+    steps = [8, 16, 32, 64, 100, 300]  # SSD300's: the last prior is centred on the 1x1 map
+    opts = ["MODEL.DSOD.LAST_MAP_SIZE", 1, "MODEL.ANCHOR_GENERATOR.STEPS", steps]
+    model = build_model(make_cfg("PascalVOC-Detection/dsod300_plain.yaml", opts)).eval()
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, 300, 300))
+    shapes = [tuple(features[f].shape[1:]) for f in model.head_in_features]
+    sizes = [38, 19, 10, 5, 3, 1]
+    assert shapes == [(c, s, s) for c, s in zip([800, 1568, 512, 256, 256, 256], sizes)]
+    assert _priors(model, features) == 8732
+
+
+@pytest.mark.parametrize(
+    "config_file, ours, paper, tolerance",
+    [
+        # Plain: the paper gives no widths for its plain layers; with SSD300's extra-layer
+        # widths and Table 1's 1568-channel source we are 4.6% above (see docs/dsod_notes.md).
+        ("PascalVOC-Detection/dsod300_plain.yaml", 19.032, 18.2, 0.05),
+        ("PascalVOC-Detection/dsod300_lite.yaml", 5.833, 5.9, 0.015),
+    ],
+)
+def test_plain_and_lite_parameter_counts_against_the_paper(config_file, ours, paper, tolerance):
+    millions = _params(build_model(make_cfg(config_file))) / 1e6
+    assert abs(millions - ours) < 1e-3
+    assert abs(millions - paper) <= tolerance * paper
+
+
+def test_from_scratch_init_norm_from_config_and_l2norm_on_every_source():
+    cfg = tiny_dsod_cfg()
+    cfg.MODEL.DSOD.NORM = "SyncBN"
+    backbone = build_dsod_backbone(cfg, ShapeSpec(channels=3))
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs:
+        area = conv.kernel_size[0] * conv.kernel_size[1]
+        xavier_bound = (6.0 / ((conv.in_channels + conv.out_channels) * area)) ** 0.5
+        assert conv.bias is None and conv.weight.abs().max() <= xavier_bound
+    l2norms = [m for m in backbone.modules() if isinstance(m, L2Norm)]
+    assert len(l2norms) == 6 and all(torch.all(m.weight == 20.0) for m in l2norms)
+
+
+def tiny_dsod_cfg(num_classes=3):
+    """DSOD300 with one narrow layer per dense block, at half the input size."""
+    cfg = make_cfg(DSOD300)
+    cfg.MODEL.DSOD.STEM_WIDTH = 4
+    cfg.MODEL.DSOD.BOTTLENECK_WIDTH = 8
+    cfg.MODEL.DSOD.GROWTH_RATE = 4
+    cfg.MODEL.DSOD.BLOCK_LAYERS = [1, 1, 1, 1]
+    cfg.MODEL.DSOD.TRANSITION_CHANNELS = [0, 0, 0, 8]
+    cfg.MODEL.DSOD.DENSE_HALF_CHANNELS = [8, 8, 4, 4, 4]
+    cfg.MODEL.SSD.NUM_CLASSES = num_classes
+    # Half of DSOD300's input: maps 19, 10, 5, 3, 2, 1 and SSD300's priors halved.
+    cfg.INPUT.FIXED_SIZE = 150
+    cfg.MODEL.ANCHOR_GENERATOR.MIN_SIZES = [15, 30, 55.5, 81, 106.5, 132]
+    cfg.MODEL.ANCHOR_GENERATOR.MAX_SIZES = [30, 55.5, 81, 106.5, 132, 157.5]
+    cfg.MODEL.ANCHOR_GENERATOR.STEPS = [8, 15, 30, 50, 75, 150]
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.SOLVER.ACCUMULATION_STEPS = 2
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.TEST.EVAL_PERIOD = 0
+    return cfg
+
+
+def register_cells_dataset(name, folder, num_images=3, size=120):
+    """Bright discs on a dark background with their boxes, like a tiny cell image set."""
+    if name in DatasetCatalog.list():
+        return
+    rng = np.random.RandomState(0)
+    dicts = []
+    for i in range(num_images):
+        image = np.full((size, size, 3), 30, np.uint8)
+        annotations = []
+        for _ in range(3):
+            r = int(rng.randint(8, 25))
+            cx, cy = (int(v) for v in rng.randint(r, size - r, 2))
+            category = int(rng.randint(3))
+            colour = [(200, 60, 60), (60, 200, 60), (60, 60, 200)][category]
+            cv2.circle(image, (cx, cy), r, colour, -1)
+            annotations.append(
+                {"bbox": [cx - r, cy - r, cx + r, cy + r], "bbox_mode": BoxMode.XYXY_ABS,
+                 "category_id": category}
+            )
+        path = os.path.join(folder, f"{name}_{i}.png")
+        cv2.imwrite(path, image)
+        dicts.append({"file_name": path, "image_id": i, "height": size, "width": size,
+                      "annotations": annotations})
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=["red", "green", "blue"])
+
+
+def test_shrunk_dsod_trains_with_accumulation_and_evaluates(tmp_path):
+    name = "dssd_d2_test_dsod_cells"
+    register_cells_dataset(name, str(tmp_path))
+    cfg = tiny_dsod_cfg()
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.DATASETS.TEST = (name,)
+    cfg.SOLVER.MAX_ITER = 3
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1000
+
+    trainer, changed = train_and_track(cfg, tmp_path / "out")
+    assert type(trainer._trainer).__name__ == "GradientAccumulationTrainer"
+    assert {"backbone.stem.0.weight", "backbone.source_norms.0.weight"} <= changed
+    assert any(k.startswith("head.cls_score") for k in changed)
+    assert np.isfinite(trainer.storage.history("total_loss").latest())
+
+    results = SSDTrainer.test(cfg, trainer.model)
+    assert "AP" in results["bbox"]

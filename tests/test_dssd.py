@@ -1,0 +1,412 @@
+"""ResNet-SSD and DSSD: full-size geometry (DSSD paper, Tables 2 and 7), and shrunk models that
+train: every prediction module and combination, staged freezing, SSD -> DSSD checkpoints,
+RetinaNet over the DSSD decoder, SSD over Detectron2's FPN, and DSSD end to end."""
+
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import build_backbone, build_model
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from detectron2.structures import BoxMode
+from detectron2.utils.events import EventStorage
+
+from dssd_d2.engine import SSDTrainer
+from dssd_d2.modeling.backbone.dssd import deconv_geometry, feature_sizes
+from dssd_d2.modeling.backbone.resnet import ExtraBottleneckBlock
+
+from conftest import make_cfg, random_image, tiny_ssd300_cfg, training_input
+
+SSD321 = "PascalVOC-Detection/ssd321_R_101.yaml"
+SSD513 = "PascalVOC-Detection/ssd513_R_101.yaml"
+DSSD321 = "PascalVOC-Detection/dssd321_R_101.yaml"
+DSSD513 = "PascalVOC-Detection/dssd513_R_101.yaml"
+MAPS_321 = [40, 20, 10, 5, 3, 1]
+MAPS_513 = [64, 32, 16, 8, 4, 2, 1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These small models run fastest on one thread; on a busy 2-core machine two OpenMP
+    threads wait on each other and a 0.1 s training step can take 20 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_cfg(config_file, num_classes=3):
+    """The config's geometry (321 input, all maps) with a narrow ResNet-50 and narrow layers."""
+    cfg = make_cfg(config_file)
+    cfg.MODEL.RESNETS.DEPTH = 50
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 8
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 16
+    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 4
+    cfg.MODEL.SSD_EXTRAS.CONV_DIMS = [[8, 32]] * len(cfg.MODEL.SSD_EXTRAS.CONV_DIMS)
+    cfg.MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS = [8, 32]
+    cfg.MODEL.DSSD.OUT_CHANNELS = 16
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    cfg.MODEL.SSD.NUM_CLASSES = num_classes
+    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+def _batch(size):
+    return [
+        training_input(size, [[20, 30, 120, 150], [150, 160, 300, 290]], [0, 2], seed=0),
+        training_input(size, [[60, 40, 100, 90]], [1], seed=1),
+    ]
+
+
+def _train_step(model, inputs, lr=0.05):
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    with EventStorage():
+        losses = model(inputs)
+    loss = sum(losses.values())
+    assert torch.isfinite(loss), losses
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return losses
+
+
+# ---------------------------------------------------------------- full size: structure only
+@pytest.mark.parametrize(
+    "config_file, maps, boxes",
+    [
+        (SSD321, MAPS_321, 17080),
+        (SSD513, MAPS_513, 43688),
+        (DSSD321, MAPS_321, 17080),
+        (DSSD513, MAPS_513, 43688),
+    ],
+)
+def test_prediction_maps_and_default_boxes(config_file, maps, boxes):
+    cfg = make_cfg(config_file)
+    model = build_model(cfg)
+    size = cfg.INPUT.FIXED_SIZE
+    sizes = feature_sizes(model.backbone, (size, size))
+    assert [sizes[f] for f in model.head_in_features] == [(s, s) for s in maps]
+    assert model.anchor_generator.num_cell_anchors == [8] * len(maps)
+    shaped = [torch.empty(1, 1, s, s, device="meta") for s in maps]
+    assert sum(len(b) for b in model.anchor_generator(shaped)) == boxes
+
+
+@pytest.mark.parametrize(
+    "config_file, maps, deconvs",
+    [
+        # (lateral, kernel, stride) per deconvolution module, coarse to fine (paper, Sec. 3).
+        (
+            DSSD321,
+            MAPS_321,
+            [("res8", 3, 1), ("res7", 3, 1), ("res6", 2, 2), ("res5", 2, 2), ("res3", 2, 2)],
+        ),
+        (
+            DSSD513,
+            MAPS_513,
+            [
+                ("res9", 2, 2),
+                ("res8", 2, 2),
+                ("res7", 2, 2),
+                ("res6", 2, 2),
+                ("res5", 2, 2),
+                ("res3", 2, 2),
+            ],
+        ),
+    ],
+)
+def test_full_size_dssd_backbone_forward(config_file, maps, deconvs):
+    """A real forward of ResNet-101 + decoder on a zero image (no training at full size)."""
+    cfg = make_cfg(config_file)
+    backbone = build_backbone(cfg).eval()
+    for lateral, kernel, stride in deconvs:
+        deconv = getattr(backbone, f"deconv_{lateral}").deconv
+        assert (deconv.kernel_size, deconv.stride) == ((kernel, kernel), (stride, stride))
+    size = cfg.INPUT.FIXED_SIZE
+    assert backbone.padding_constraints == {"square_size": size}
+    with torch.no_grad():
+        features = backbone(torch.zeros(1, 3, size, size))
+    names = [f"dssd_{f}" for f in cfg.MODEL.DSSD.IN_FEATURES]
+    assert list(features) == names == list(backbone.output_shape())
+    channels = [512] * (len(maps) - 1) + [1024]  # the top map is the 1x1 ResNet-SSD level
+    assert [tuple(features[n].shape[1:]) for n in names] == [
+        (c, s, s) for c, s in zip(channels, maps)
+    ]
+    assert [backbone.output_shape()[n].channels for n in names] == channels
+
+
+def test_resnet_ssd_keeps_detectron2_resnet_names():
+    """Module names match Detectron2's ResNet, so R-101.pkl loads with its name heuristics."""
+    model = build_model(make_cfg(SSD321))
+    names = {k for k, _ in model.backbone.named_parameters()}
+    assert {
+        "stem.conv1.weight",
+        "res2.0.conv1.weight",
+        "res4.22.conv3.norm.weight",
+        "res5.2.conv2.weight",
+    } <= names
+    assert model.backbone.res5[0].conv2.dilation == (2, 2)
+    assert model.backbone.output_shape()["res5"].stride == 16
+
+
+def test_imagenet_resnet_weights_load_into_the_decoder_by_name_heuristics(tmp_path):
+    """A Detectron2-format ImageNet ResNet (e.g. converted from torchvision, loaded with
+    matching heuristics like R-101.pkl) fills the ResNet inside the DSSD decoder."""
+    cfg = tiny_cfg(DSSD321)
+    resnet_cfg = cfg.clone()
+    resnet_cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    resnet = build_resnet_backbone(resnet_cfg, ShapeSpec(channels=3))
+    weights = {k: v.numpy() for k, v in resnet.state_dict().items()}
+    with open(tmp_path / "resnet.pkl", "wb") as f:
+        pickle.dump({"model": weights, "__author__": "test", "matching_heuristics": True}, f)
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(str(tmp_path / "resnet.pkl"))
+    loaded = model.backbone.bottom_up.state_dict()
+    for key, value in weights.items():
+        if key in loaded:  # FrozenBatchNorm2d (stage-1 freezing) has no batch counter
+            assert np.array_equal(loaded[key].numpy(), value), key
+
+
+# ---------------------------------------------------------------- geometry helpers
+def test_deconv_geometry():
+    assert deconv_geometry(20, 40) == (2, 2, 0)
+    assert deconv_geometry(1, 2) == (2, 2, 0)  # the paper's 2x2 stride 1: the same map
+    assert deconv_geometry(1, 3) == (3, 1, 0)
+    assert deconv_geometry(3, 5) == (3, 1, 0)
+    assert deconv_geometry(10, 19) == (3, 2, 1)
+    assert deconv_geometry(10, 40) is None
+    for coarse, fine in [(20, 40), (1, 2), (1, 3), (3, 5), (10, 19)]:
+        k, s, p = deconv_geometry(coarse, fine)
+        assert (
+            nn.ConvTranspose2d(1, 1, k, s, p)(torch.zeros(1, 1, coarse, coarse)).shape[-1] == fine
+        )
+
+
+def test_extra_block_without_padding_keeps_shortcut_aligned():
+    block = ExtraBottleneckBlock(8, 8, bottleneck_channels=4, stride=1, kernel_size=3, padding=0)
+    assert block.shortcut is not None
+    assert block(torch.randn(2, 8, 3, 3)).shape == (2, 8, 1, 1)
+    assert block(torch.randn(2, 8, 7, 5)).shape == (2, 8, 5, 3)
+    with pytest.raises(ValueError, match="MODEL.SSD_EXTRAS.PADDINGS"):
+        ExtraBottleneckBlock(8, 8, bottleneck_channels=4, kernel_size=3, padding=2)
+
+
+def test_decoder_over_vgg_ssd300_maps():
+    """Any bottom-up works: SSD300's 38, 19, 10, 5, 3, 1 need 19 -> 38, 10 -> 19 (2n - 1) ..."""
+    cfg = tiny_ssd300_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_dssd_backbone"
+    cfg.MODEL.DSSD.BOTTOM_UP = "build_vgg_ssd_backbone"
+    cfg.MODEL.DSSD.IN_FEATURES = list(cfg.MODEL.SSD.IN_FEATURES)
+    cfg.MODEL.DSSD.OUT_CHANNELS = 16
+    cfg.MODEL.SSD.IN_FEATURES = [f"dssd_{f}" for f in cfg.MODEL.SSD.IN_FEATURES]
+    model = build_model(cfg)
+    assert model.backbone.deconv_conv4_3.deconv.kernel_size == (2, 2)
+    assert model.backbone.deconv_fc7.deconv.kernel_size == (3, 3)
+    _train_step(model, _batch(300))
+
+
+def test_decoder_rejects_sizes_it_cannot_match():
+    cfg = tiny_cfg(DSSD321)
+    cfg.MODEL.DSSD.IN_FEATURES = ["res3", "res6"]  # 10 -> 40 has no deconvolution
+    with pytest.raises(ValueError, match="MODEL.DSSD.IN_FEATURES"):
+        build_backbone(cfg)
+
+
+# ---------------------------------------------------------------- shrunk models that train
+@pytest.mark.parametrize(
+    "config_file, prediction_module, combine",
+    [
+        (SSD321, "residual_projection", None),
+        (DSSD321, "none", "prod"),
+        (DSSD321, "residual", "prod"),
+        (DSSD321, "residual_projection", "prod"),
+        (DSSD321, "two_residual_projection", "prod"),
+        (DSSD321, "residual_projection", "sum"),
+    ],
+)
+def test_prediction_modules_and_combinations_train(config_file, prediction_module, combine):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(config_file)
+    cfg.MODEL.SSD_HEAD.PREDICTION_MODULE = prediction_module
+    if combine:
+        cfg.MODEL.DSSD.COMBINE = combine
+    cfg.MODEL.SSD.FREEZE = []
+    model = build_model(cfg)
+    if combine:
+        assert all(m.combine == combine for m in model.backbone.deconv_modules)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    losses = _train_step(model, _batch(cfg.INPUT.FIXED_SIZE))
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+    assert any(k.startswith("head.prediction_modules") for k in changed) == (
+        prediction_module != "none"
+    )
+    assert any(".stem." in k or k.startswith("backbone.stem") for k in changed)
+
+
+@pytest.mark.parametrize("freeze_head", [False, True])
+def test_stage1_freezing_trains_only_the_deconvolution_side(freeze_head):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(DSSD321)
+    cfg.MODEL.SSD.FREEZE = ["backbone.bottom_up"] + (["head"] if freeze_head else [])
+    model = build_model(cfg)
+    frozen_norms = [m for m in model.backbone.bottom_up.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert not frozen_norms
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.bottom_up.modules())
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    _train_step(model, _batch(cfg.INPUT.FIXED_SIZE), lr=0.5)
+    after = model.state_dict()
+
+    def frozen(key):
+        return key.startswith("backbone.bottom_up.") or (freeze_head and key.startswith("head."))
+
+    # Parameters and BatchNorm statistics of the SSD part stay; the decoder's change.
+    assert all(torch.equal(after[k], v) for k, v in before.items() if frozen(k))
+    decoder = [k for k in before if k.startswith("backbone.deconv_") and k.endswith("weight")]
+    assert decoder and all(not torch.equal(after[k], before[k]) for k in decoder)
+    head = [k for k in before if k.startswith("head.") and k.endswith("weight")]
+    assert any(not torch.equal(after[k], before[k]) for k in head) != freeze_head
+    assert all(not p.requires_grad for n, p in model.named_parameters() if frozen(n))
+
+
+def test_ssd_checkpoint_initialises_dssd_and_reports_new_weights(tmp_path):
+    torch.manual_seed(0)
+    ssd = build_model(tiny_cfg(SSD321))
+    DetectionCheckpointer(ssd, save_dir=str(tmp_path)).save("ssd321")
+    dssd_cfg = tiny_cfg(DSSD321)
+    dssd = build_model(dssd_cfg)  # FREEZE ["backbone.bottom_up"]: BN already frozen
+    checkpointer = DetectionCheckpointer(dssd)
+    # What DetectionCheckpointer.load logs: missing (new), unexpected and mis-shaped keys.
+    incompatible = checkpointer._load_model(torch.load(tmp_path / "ssd321.pth"))
+
+    ssd_backbone = ssd.backbone.state_dict()
+    for key, value in dssd.backbone.bottom_up.state_dict().items():
+        assert torch.equal(value, ssd_backbone[key]), key
+    decoder = {k for k, _ in dssd.named_parameters() if k.startswith("backbone.deconv_")}
+    assert decoder and decoder <= set(incompatible.missing_keys)
+    assert not any(k.startswith("backbone.bottom_up.") for k in incompatible.missing_keys)
+    # Heads over 16-channel decoder maps cannot take the SSD heads' first convs.
+    assert all(k.startswith("head.") for k, _, _ in incompatible.incorrect_shapes)
+    # Only BatchNorm's batch counters, which FrozenBatchNorm2d has no slot for, are left over.
+    assert all(k.endswith("num_batches_tracked") for k in incompatible.unexpected_keys)
+
+    # A DSSD checkpoint loads back into DSSD without any remapping or leftovers.
+    DetectionCheckpointer(dssd, save_dir=str(tmp_path)).save("dssd321")
+    again = build_model(dssd_cfg)
+    checkpointer = DetectionCheckpointer(again)
+    incompatible = checkpointer._load_model(torch.load(tmp_path / "dssd321.pth"))
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+
+
+def test_retinanet_over_dssd_decoder_trains_and_infers():
+    torch.manual_seed(0)
+    cfg = tiny_cfg("Misc/retinanet_dssd_R_101.yaml")
+    model = build_model(cfg)
+    assert type(model).__name__ == "RetinaNet"
+    losses = _train_step(model, _batch(cfg.INPUT.FIXED_SIZE), lr=0.01)
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    model.eval()
+    # Smaller, non-square images: the decoder pads each batch to its 321 square.
+    images = [{"image": random_image(300, 250, 2)}, {"image": random_image(200, 321, 3)}]
+    with torch.no_grad():
+        outputs = model(images)
+    assert [o["instances"].image_size for o in outputs] == [(300, 250), (200, 321)]
+
+
+def test_ssd_over_detectron2_fpn_trains_a_step():
+    torch.manual_seed(0)
+    cfg = tiny_cfg("Misc/ssd_R_50_FPN.yaml")
+    cfg.INPUT.FIXED_SIZE = 256
+    model = build_model(cfg)
+    assert model.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
+    assert model.anchor_generator.strides == [8, 16, 32, 64, 128]
+    _train_step(model, _batch(256))
+    model.eval()
+    with torch.no_grad():
+        (output,) = model([{"image": random_image(256, 256, 4)}])
+    assert output["instances"].image_size == (256, 256)
+
+
+# ---------------------------------------------------------------- with Detectron2's trainer
+@pytest.fixture(scope="module")
+def random_dataset(tmp_path_factory):
+    """Four random images of varied sizes with two boxes each, registered once."""
+    name = "dssd_d2_test_dssd_random"
+    if name in DatasetCatalog.list():
+        return name
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.RandomState(0)
+    dicts = []
+    for i in range(4):
+        h, w = int(rng.randint(120, 240)), int(rng.randint(120, 240))
+        path = str(folder / f"{i}.png")
+        cv2.imwrite(path, rng.randint(0, 256, (h, w, 3)).astype(np.uint8))
+        annotations = []
+        for _ in range(2):
+            x0, y0 = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
+            x1, y1 = x0 + rng.uniform(20, w / 2), y0 + rng.uniform(20, h / 2)
+            annotations.append(
+                {
+                    "bbox": [x0, y0, x1, y1],
+                    "bbox_mode": BoxMode.XYXY_ABS,
+                    "category_id": int(rng.randint(3)),
+                }
+            )
+        dicts.append(
+            {"file_name": path, "image_id": i, "height": h, "width": w, "annotations": annotations}
+        )
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"])
+    return name
+
+
+def _train(cfg, output_dir, dataset):
+    cfg.DATASETS.TRAIN = (dataset,)
+    cfg.DATASETS.TEST = (dataset,)
+    cfg.SOLVER.MAX_ITER = 2
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.OUTPUT_DIR = output_dir
+    trainer = SSDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer
+
+
+def test_shrunk_ssd_then_dssd_train_and_evaluate(tmp_path, random_dataset):
+    torch.manual_seed(0)
+    ssd = _train(tiny_cfg(SSD321), str(tmp_path / "ssd"), random_dataset)
+
+    cfg = tiny_cfg(DSSD321)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "ssd" / "model_final.pth")
+    trainer = _train(cfg, str(tmp_path / "dssd"), random_dataset)
+    bottom_up = trainer.model.backbone.bottom_up.state_dict()
+    for key, value in ssd.model.backbone.state_dict().items():
+        if key in bottom_up:  # SSD's BatchNorm counters have no FrozenBatchNorm2d slot
+            assert torch.equal(bottom_up[key], value), key
+    results = SSDTrainer.test(cfg, trainer.model)
+    assert "AP" in results["bbox"]
+
+
+@pytest.mark.parametrize(
+    "config_file, size", [("Misc/retinanet_dssd_R_101.yaml", 321), ("Misc/ssd_R_50_FPN.yaml", 256)]
+)
+def test_mixed_models_train_and_evaluate(tmp_path, random_dataset, config_file, size):
+    """RetinaNet over the DSSD decoder, and SSD over Detectron2's FPN, through the trainer."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(config_file)
+    cfg.INPUT.FIXED_SIZE = size
+    trainer = _train(cfg, str(tmp_path), random_dataset)
+    assert trainer.iter == cfg.SOLVER.MAX_ITER
+    results = SSDTrainer.test(cfg, trainer.model)
+    assert "AP" in results["bbox"]
