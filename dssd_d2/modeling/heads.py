@@ -1,4 +1,5 @@
 """SSD head: per-level class and box convolutions, optionally behind a DSSD prediction module."""
+import itertools
 from typing import List, Sequence, Tuple
 
 from torch import nn
@@ -7,8 +8,6 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 from detectron2.utils.registry import Registry
-
-from .backbone.vgg import xavier_init
 
 __all__ = ["SSD_HEAD_REGISTRY", "PREDICTION_MODULE_REGISTRY", "SSDHead", "build_ssd_head"]
 
@@ -105,8 +104,12 @@ class SSDHead(nn.Module):
                 nn.Conv2d(channels, anchors * (num_classes + 1), kernel_size, padding=padding)
             )
             self.bbox_pred.append(nn.Conv2d(channels, anchors * 4, kernel_size, padding=padding))
-        xavier_init(self.cls_score)
-        xavier_init(self.bbox_pred)
+        # Small predictors: every prior starts near-uniform over the classes, so the first
+        # hard-mined losses stay near log(K + 1) instead of exploding (SSD's Xavier init of
+        # these convs diverges within a few steps when training from scratch).
+        for predictor in itertools.chain(self.cls_score, self.bbox_pred):
+            nn.init.normal_(predictor.weight, std=0.01)
+            nn.init.zeros_(predictor.bias)
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec], num_anchors: List[int]):
