@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Train and evaluate SSD, DSSD and DSOD with Detectron2's standard command line.
 
-    python train_net.py --config-file configs/PascalVOC-Detection/ssd300_vgg16.yaml --num-gpus 8
-    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+python train_net.py --config-file configs/PascalVOC-Detection/ssd300_vgg16.yaml --num-gpus 8
+python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 """
+
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer

@@ -1,4 +1,5 @@
 """SSD, DSSD and DSOD for Detectron2. Importing this package registers every part."""
+
 try:
     import detectron2  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised only without Detectron2

@@ -1,4 +1,5 @@
 """Config keys of the SSD family. Defaults are SSD300 (VGG16, Pascal VOC) from the SSD paper."""
+
 from detectron2.config import CfgNode as CN
 
 

@@ -1,4 +1,5 @@
 """Pascal VOC evaluation with per-class AP (Detectron2's evaluator reports only the means)."""
+
 import os
 import tempfile
 from collections import defaultdict

@@ -1,4 +1,5 @@
 """Shared test helpers: configs for full-size and shrunk models, random images with boxes."""
+
 import os
 
 import numpy as np
@@ -41,7 +42,9 @@ def tiny_ssd300_cfg(num_classes=3):
 
 
 def random_image(h, w, seed=0):
-    return torch.from_numpy(np.random.RandomState(seed).randint(0, 256, (3, h, w)).astype("float32"))
+    return torch.from_numpy(
+        np.random.RandomState(seed).randint(0, 256, (3, h, w)).astype("float32")
+    )
 
 
 def training_input(size, boxes, classes, seed=0):

@@ -1,5 +1,6 @@
 """Gradient accumulation: n micro-batches make the same step as one n-times larger batch, with and
 without AMP, and training resumed from a checkpoint continues exactly like an uninterrupted run."""
+
 import os
 
 import pytest

@@ -1,5 +1,6 @@
 """Real data: BCCD (../shared/data/BCCD) through the builtin registration, mapper, trainer and
 Detectron2's Pascal VOC evaluator. Skipped when the data is absent."""
+
 import logging
 
 import numpy as np

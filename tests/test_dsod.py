@@ -1,4 +1,5 @@
 """DSOD: DSOD300 against the paper (Table 1, Tables 3 and 4) and a shrunk DSOD end to end."""
+
 import os
 
 import cv2
@@ -168,13 +169,23 @@ def register_cells_dataset(name, folder, num_images=3, size=120):
             colour = [(200, 60, 60), (60, 200, 60), (60, 60, 200)][category]
             cv2.circle(image, (cx, cy), r, colour, -1)
             annotations.append(
-                {"bbox": [cx - r, cy - r, cx + r, cy + r], "bbox_mode": BoxMode.XYXY_ABS,
-                 "category_id": category}
+                {
+                    "bbox": [cx - r, cy - r, cx + r, cy + r],
+                    "bbox_mode": BoxMode.XYXY_ABS,
+                    "category_id": category,
+                }
             )
         path = os.path.join(folder, f"{name}_{i}.png")
         cv2.imwrite(path, image)
-        dicts.append({"file_name": path, "image_id": i, "height": size, "width": size,
-                      "annotations": annotations})
+        dicts.append(
+            {
+                "file_name": path,
+                "image_id": i,
+                "height": size,
+                "width": size,
+                "annotations": annotations,
+            }
+        )
     DatasetCatalog.register(name, lambda: dicts)
     MetadataCatalog.get(name).set(thing_classes=["red", "green", "blue"])
 

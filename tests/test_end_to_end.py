@@ -1,4 +1,5 @@
 """A shrunk SSD300 trains with Detectron2's trainer and evaluates with its COCO evaluator."""
+
 import os
 
 import cv2
@@ -26,8 +27,11 @@ def _register_random_dataset(name, folder, num_images=4):
             x0, y0 = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
             x1, y1 = x0 + rng.uniform(10, w / 2), y0 + rng.uniform(10, h / 2)
             annotations.append(
-                {"bbox": [x0, y0, x1, y1], "bbox_mode": BoxMode.XYXY_ABS,
-                 "category_id": int(rng.randint(3))}
+                {
+                    "bbox": [x0, y0, x1, y1],
+                    "bbox_mode": BoxMode.XYXY_ABS,
+                    "category_id": int(rng.randint(3)),
+                }
             )
         dicts.append(
             {"file_name": path, "image_id": i, "height": h, "width": w, "annotations": annotations}

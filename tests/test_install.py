@@ -1,4 +1,5 @@
 """Importing dssd_d2 registers its parts, and without Detectron2 it says how to install it."""
+
 import subprocess
 import sys
 

@@ -1,4 +1,5 @@
 """SSD matching, hard negative mining and box coding."""
+
 import math
 
 import torch

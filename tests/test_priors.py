@@ -1,4 +1,5 @@
 """Default boxes of SSD300 / SSD512: counts, map sizes and one cell's priors literally."""
+
 import math
 
 import pytest

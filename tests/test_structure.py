@@ -1,4 +1,5 @@
-"""Full-size model structure: parameter counts against the SSD paper's models, every config builds."""
+"""Full-size structure: parameter counts against the SSD paper's models; every config builds."""
+
 import glob
 import os
 
@@ -15,7 +16,10 @@ def _params(cfg):
 
 @pytest.mark.parametrize(
     "config_file, millions",
-    [("PascalVOC-Detection/ssd300_vgg16.yaml", 26.285), ("PascalVOC-Detection/ssd512_vgg16.yaml", 27.189)],
+    [
+        ("PascalVOC-Detection/ssd300_vgg16.yaml", 26.285),
+        ("PascalVOC-Detection/ssd512_vgg16.yaml", 27.189),
+    ],
 )
 def test_vgg_ssd_parameter_counts(config_file, millions):
     assert abs(_params(make_cfg(config_file)) / 1e6 - millions) <= 0.01

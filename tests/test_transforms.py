@@ -1,4 +1,5 @@
 """SSD augmentations keep boxes valid; the mapper keeps a box only when its centre stays inside."""
+
 import random
 
 import numpy as np

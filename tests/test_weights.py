@@ -1,4 +1,5 @@
 """torchvision VGG16 weights convert into SSD's backbone and load with Detectron2's checkpointer."""
+
 import subprocess
 import sys
 

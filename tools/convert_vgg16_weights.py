@@ -11,6 +11,7 @@ The output is a Detectron2 checkpoint (.pkl) for MODEL.WEIGHTS; the model must u
 input normalisation (RGB, PIXEL_MEAN [123.675, 116.28, 103.53], PIXEL_STD [58.395, 57.12,
 57.375]), which configs/Base-SSD.yaml sets.
 """
+
 import argparse
 import os
 import pickle
@@ -19,7 +20,9 @@ import torch
 
 # Indices of the 13 convolutions in torchvision's vgg16().features.
 _FEATURE_CONVS = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
-_CONV_NAMES = [f"conv{s}_{i}" for s, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)]
+_CONV_NAMES = [
+    f"conv{s}_{i}" for s, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)
+]
 
 
 def convert(state_dict, prefix="backbone."):

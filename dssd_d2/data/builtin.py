@@ -1,4 +1,5 @@
 """Builtin datasets: BCCD (blood cells, Pascal VOC 2007 layout) under $DETECTRON2_DATASETS."""
+
 import functools
 import logging
 import os
@@ -24,7 +25,11 @@ def load_bccd_instances(root: str, split: str):
     dicts = load_voc_instances(root, split, BCCD_CLASSES)
     for record in dicts:
         annotations = record["annotations"]
-        kept = [a for a in annotations if min(a["bbox"][2] - a["bbox"][0], a["bbox"][3] - a["bbox"][1]) > 1]
+        kept = [
+            a
+            for a in annotations
+            if min(a["bbox"][2] - a["bbox"][0], a["bbox"][3] - a["bbox"][1]) > 1
+        ]
         if len(kept) < len(annotations):
             dropped = [a["bbox"] for a in annotations if a not in kept]
             logger.warning(f"{record['file_name']}: dropping zero-extent box(es) {dropped}")

@@ -1,4 +1,5 @@
-"""Box-aware dataset mapper: SSD's crop needs the boxes, and a crop keeps a box only by its centre."""
+"""Box-aware dataset mapper: SSD's crop needs the boxes and keeps a box only by its centre."""
+
 import copy
 import logging
 

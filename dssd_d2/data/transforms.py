@@ -4,6 +4,7 @@ Detectron2 has the min-IoU crop (whose acceptance rule we bring back to SSD's), 
 SSD also needs a photometric distortion with hue and channel swaps and a zoom-out that fills the
 canvas with the pixel mean.
 """
+
 import random
 from typing import Sequence
 
@@ -94,7 +95,9 @@ class RandomExpand(T.Augmentation):
     ``max_ratio`` times its size, filled with ``fill`` (the pixel mean), so that objects become
     small. This is the "expansion" trick that SSD300* and DSSD rely on for small objects."""
 
-    def __init__(self, max_ratio: float = 4.0, prob: float = 0.5, fill: Sequence[float] = (0, 0, 0)):
+    def __init__(
+        self, max_ratio: float = 4.0, prob: float = 0.5, fill: Sequence[float] = (0, 0, 0)
+    ):
         super().__init__()
         self._init(locals())
 
@@ -171,6 +174,8 @@ def build_ssd_augmentation(cfg, is_train: bool):
     if cfg.INPUT.RANDOM_FLIP == "horizontal":
         augs.append(T.RandomFlip(horizontal=True, vertical=False))
     elif cfg.INPUT.RANDOM_FLIP != "none":
-        raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none' for SSD, got "
-                         f"{cfg.INPUT.RANDOM_FLIP!r}")
+        raise ValueError(
+            f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none' for SSD, got "
+            f"{cfg.INPUT.RANDOM_FLIP!r}"
+        )
     return augs

@@ -12,6 +12,7 @@ evaluation) only between steps, so a checkpoint never falls inside an accumulati
 survives is what Detectron2 already saves: the iteration, the optimizer (momentum buffers),
 the LR scheduler (its hook) and, with AMP, the gradient scaler.
 """
+
 import contextlib
 import time
 from typing import Dict, Optional

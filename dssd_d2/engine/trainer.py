@@ -1,7 +1,12 @@
 """Trainer and predictor wired to SSD's data pipeline (fixed-square resize, box-aware mapper)."""
+
 import os
 
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor, DefaultTrainer
 from detectron2.evaluation import COCOEvaluator

@@ -1,4 +1,5 @@
 """SSD priors (default boxes) on top of Detectron2's DefaultAnchorGenerator."""
+
 import math
 from typing import List, Sequence
 
@@ -22,8 +23,9 @@ def ssd_cell_anchors(min_size: float, max_size: float, aspect_ratios: Sequence[f
 
     A square of side ``min_size``, a square of side sqrt(min_size * max_size) (skipped when
     ``max_size`` is 0), then for each ratio r a box of area min_size^2 with w / h = r and, with
-    ``flip``, one with w / h = 1 / r (the SSD reference's order and ratio convention). Unlike Detectron2's size x ratio product, only the
-    min size gets the ratios: that is what makes SSD's 4 and 6 priors per location.
+    ``flip``, one with w / h = 1 / r (the SSD reference's order and ratio convention). Unlike
+    Detectron2's size x ratio product, only the min size gets the ratios: that is what makes
+    SSD's 4 and 6 priors per location.
     """
     sides = [(min_size, min_size)]
     if max_size:

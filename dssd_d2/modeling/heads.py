@@ -1,4 +1,5 @@
 """SSD head: per-level class and box convolutions, optionally behind a DSSD prediction module."""
+
 import itertools
 from typing import List, Sequence, Tuple
 
@@ -27,7 +28,7 @@ function name and called as ``fn(in_channels, dims, norm) -> (module, out_channe
 
 
 def _residual_block(in_channels: int, bottleneck: int, out_channels: int, norm: str, projection):
-    """Detectron2's bottleneck block (1x1, 3x3, 1x1, BN), with a 1x1 projection shortcut if asked."""
+    """Detectron2's bottleneck block (1x1, 3x3, 1x1, BN), with a 1x1 projection skip if asked."""
     block = BottleneckBlock(in_channels, out_channels, bottleneck_channels=bottleneck, norm=norm)
     if projection and block.shortcut is None:  # Detectron2 only projects when channels change
         block.shortcut = Conv2d(

@@ -1,4 +1,5 @@
 """The SSD meta-architecture: a Detectron2 DenseDetector with SSD's matching, loss and inference."""
+
 import logging
 from typing import Dict, List, Sequence, Tuple
 
@@ -175,15 +176,18 @@ class SSD(DenseDetector):
         keep = pos_mask | self.hard_negatives(cls_loss.detach(), pos_mask)
         loss_cls = cls_loss[keep].sum() / normalizer
 
-        loss_box_reg = _dense_box_regression_loss(
-            anchors,
-            self.box2box_transform,
-            pred_deltas,
-            gt_boxes,
-            pos_mask,
-            box_reg_loss_type="smooth_l1",
-            smooth_l1_beta=self.smooth_l1_beta,
-        ) / normalizer
+        loss_box_reg = (
+            _dense_box_regression_loss(
+                anchors,
+                self.box2box_transform,
+                pred_deltas,
+                gt_boxes,
+                pos_mask,
+                box_reg_loss_type="smooth_l1",
+                smooth_l1_beta=self.smooth_l1_beta,
+            )
+            / normalizer
+        )
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
 
     def hard_negatives(self, cls_loss: Tensor, pos_mask: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
 """Backbones of the SSD family, registered in Detectron2's BACKBONE_REGISTRY."""
+
 from .layers import L2Norm
 from .vgg import VGGSSD, build_vgg_ssd_backbone
 

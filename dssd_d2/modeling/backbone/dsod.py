@@ -5,6 +5,7 @@ pre-activation (BN-ReLU-conv) bottleneck layers, two transitions with pooling an
 The prediction layers give six sources, each L2-normalised with a learned scale (20 at start),
 named ``dsod1`` (finest, 38x38 at 300 input) to ``dsod6`` (2x2, or 1x1 with ``last_map_size=1``).
 """
+
 import math
 from typing import Dict, List, Sequence
 
@@ -165,8 +166,16 @@ class DSOD(Backbone):
 
         self.stem = nn.Sequential(
             *[
-                Conv2d(c_in, c_out, 3, stride=s, padding=1, bias=False,
-                       norm=get_norm(norm, c_out), activation=nn.ReLU(inplace=True))
+                Conv2d(
+                    c_in,
+                    c_out,
+                    3,
+                    stride=s,
+                    padding=1,
+                    bias=False,
+                    norm=get_norm(norm, c_out),
+                    activation=nn.ReLU(inplace=True),
+                )
                 for c_in, c_out, s in [
                     (in_channels, stem_width, 2),
                     (stem_width, stem_width, 1),

@@ -99,31 +99,21 @@ class DeconvolutionModule(nn.Module):
             padding=deconv_padding,
             bias=use_bias,
         )
-        self.top_conv = Conv2d(
-            out_channels,
-            out_channels,
-            3,
-            padding=1,
-            bias=use_bias,
-            norm=get_norm(norm, out_channels),
-        )
-        self.lateral_conv1 = Conv2d(
-            lateral_channels,
-            out_channels,
-            3,
-            padding=1,
-            bias=use_bias,
-            norm=get_norm(norm, out_channels),
-            activation=F.relu,
-        )
-        self.lateral_conv2 = Conv2d(
-            out_channels,
-            out_channels,
-            3,
-            padding=1,
-            bias=use_bias,
-            norm=get_norm(norm, out_channels),
-        )
+
+        def conv3x3(in_channels, activation=None):
+            return Conv2d(
+                in_channels,
+                out_channels,
+                3,
+                padding=1,
+                bias=use_bias,
+                norm=get_norm(norm, out_channels),
+                activation=activation,
+            )
+
+        self.top_conv = conv3x3(out_channels)
+        self.lateral_conv1 = conv3x3(lateral_channels, activation=F.relu)
+        self.lateral_conv2 = conv3x3(out_channels)
         for layer in (self.deconv, self.top_conv, self.lateral_conv1, self.lateral_conv2):
             weight_init.c2_msra_fill(layer)
 

@@ -1,4 +1,5 @@
 """Small layers shared by the SSD-family backbones."""
+
 import torch
 from torch import nn
 from torch.nn import functional as F

@@ -1,4 +1,4 @@
-"""ResNet for SSD (DSSD paper, Sec. 3.1 and 4): Detectron2's ResNet with an SSD stem and extra levels.
+"""ResNet for SSD (DSSD paper, Sec. 3.1 and 4): Detectron2's ResNet, SSD stem, extra levels.
 
 Three differences from Detectron2's ``build_resnet_backbone``, all from the paper:
 

@@ -1,4 +1,5 @@
 """VGG16 "reduced" for SSD (Liu et al. 2016): fc6/fc7 as convolutions plus extra layers."""
+
 from typing import Dict, List, Sequence
 
 import torch
@@ -17,7 +18,7 @@ _CONVS_PER_STAGE = (2, 2, 3, 3, 3)
 
 
 def xavier_init(module: nn.Module):
-    """Xavier-uniform weights and zero biases for every conv: SSD's and DSOD's init of new layers."""
+    """Xavier-uniform weights, zero biases for every conv: SSD's and DSOD's init of new layers."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.xavier_uniform_(m.weight)
@@ -26,7 +27,7 @@ def xavier_init(module: nn.Module):
 
 
 class ExtraLayers(nn.Module):
-    """SSD's extra feature levels: per level a 1x1 bottleneck conv then a strided conv, ReLU after each.
+    """SSD's extra levels: per level a 1x1 bottleneck conv, then a strided conv, ReLU after each.
 
     Each level's output is one prediction source; together they take the map down to 1x1.
     """
@@ -55,8 +56,15 @@ class ExtraLayers(nn.Module):
                 nn.Sequential(
                     Conv2d(in_channels, mid, 1, bias=not norm, norm=get_norm(norm, mid)),
                     nn.ReLU(inplace=True),
-                    Conv2d(mid, out, k, stride=stride, padding=padding, bias=not norm,
-                           norm=get_norm(norm, out)),
+                    Conv2d(
+                        mid,
+                        out,
+                        k,
+                        stride=stride,
+                        padding=padding,
+                        bias=not norm,
+                        norm=get_norm(norm, out),
+                    ),
                     nn.ReLU(inplace=True),
                 )
             )
@@ -99,14 +107,21 @@ class VGGSSD(Backbone):
         for stage, (num_convs, dim) in enumerate(zip(_CONVS_PER_STAGE, conv_dims), start=1):
             names = [f"conv{stage}_{i}" for i in range(1, num_convs + 1)]
             for name in names:
-                conv = Conv2d(in_channels, dim, 3, padding=1, bias=not norm, norm=get_norm(norm, dim))
+                conv = Conv2d(
+                    in_channels, dim, 3, padding=1, bias=not norm, norm=get_norm(norm, dim)
+                )
                 self.add_module(name, conv)
                 in_channels = dim
             self._stage_convs.append(names)
         self.conv4_3_norm = L2Norm(conv_dims[3], l2norm_scale)
         self.fc6 = Conv2d(
-            conv_dims[4], fc_dim, 3, padding=fc6_dilation, dilation=fc6_dilation,
-            bias=not norm, norm=get_norm(norm, fc_dim),
+            conv_dims[4],
+            fc_dim,
+            3,
+            padding=fc6_dilation,
+            dilation=fc6_dilation,
+            bias=not norm,
+            norm=get_norm(norm, fc_dim),
         )
         self.fc7 = Conv2d(fc_dim, fc_dim, 1, bias=not norm, norm=get_norm(norm, fc_dim))
         xavier_init(self)  # ImageNet weights, when given, overwrite conv1_1 ... fc7
