@@ -2,12 +2,14 @@
 
 import os
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from detectron2.config import get_cfg
-from detectron2.structures import Boxes, Instances
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import Boxes, BoxMode, Instances
 
 import dssd_d2
 from dssd_d2.engine import SSDTrainer
@@ -53,6 +55,45 @@ def training_input(size, boxes, classes, seed=0):
     instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
     instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
     return {"image": random_image(size, size, seed), "instances": instances}
+
+
+def register_random_dataset(
+    name,
+    folder,
+    *,
+    num_images=4,
+    size_range=(80, 200),
+    boxes_per_image=3,
+    min_box=10,
+    empty_last=False,
+):
+    """Register random images of varied sizes with random boxes (classes "a", "b", "c"), once;
+    with ``empty_last`` the last image has no boxes."""
+    if name in DatasetCatalog.list():
+        return name
+    rng = np.random.RandomState(0)
+    dicts = []
+    for i in range(num_images):
+        h, w = int(rng.randint(*size_range)), int(rng.randint(*size_range))
+        path = os.path.join(str(folder), f"{name}_{i}.png")
+        cv2.imwrite(path, rng.randint(0, 256, (h, w, 3)).astype(np.uint8))
+        annotations = []
+        for _ in range(0 if empty_last and i == num_images - 1 else boxes_per_image):
+            x0, y0 = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
+            x1, y1 = x0 + rng.uniform(min_box, w / 2), y0 + rng.uniform(min_box, h / 2)
+            annotations.append(
+                {
+                    "bbox": [x0, y0, x1, y1],
+                    "bbox_mode": BoxMode.XYXY_ABS,
+                    "category_id": int(rng.randint(3)),
+                }
+            )
+        dicts.append(
+            {"file_name": path, "image_id": i, "height": h, "width": w, "annotations": annotations}
+        )
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"])
+    return name
 
 
 def train_and_track(cfg, output_dir):

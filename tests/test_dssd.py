@@ -4,25 +4,29 @@ RetinaNet over the DSSD decoder, SSD over Detectron2's FPN, and DSSD end to end.
 
 import pickle
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
-from detectron2.structures import BoxMode
 from detectron2.utils.events import EventStorage
 
 from dssd_d2.engine import SSDTrainer
 from dssd_d2.modeling.backbone.dssd import deconv_geometry, feature_sizes
 from dssd_d2.modeling.backbone.resnet import ExtraBottleneckBlock
 
-from conftest import make_cfg, random_image, tiny_ssd300_cfg, training_input
+from conftest import (
+    make_cfg,
+    random_image,
+    register_random_dataset,
+    tiny_ssd300_cfg,
+    train_and_track,
+    training_input,
+)
 
 SSD321 = "PascalVOC-Detection/ssd321_R_101.yaml"
 SSD513 = "PascalVOC-Detection/ssd513_R_101.yaml"
@@ -340,33 +344,13 @@ def test_ssd_over_detectron2_fpn_trains_a_step():
 @pytest.fixture(scope="module")
 def random_dataset(tmp_path_factory):
     """Four random images of varied sizes with two boxes each, registered once."""
-    name = "dssd_d2_test_dssd_random"
-    if name in DatasetCatalog.list():
-        return name
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.RandomState(0)
-    dicts = []
-    for i in range(4):
-        h, w = int(rng.randint(120, 240)), int(rng.randint(120, 240))
-        path = str(folder / f"{i}.png")
-        cv2.imwrite(path, rng.randint(0, 256, (h, w, 3)).astype(np.uint8))
-        annotations = []
-        for _ in range(2):
-            x0, y0 = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
-            x1, y1 = x0 + rng.uniform(20, w / 2), y0 + rng.uniform(20, h / 2)
-            annotations.append(
-                {
-                    "bbox": [x0, y0, x1, y1],
-                    "bbox_mode": BoxMode.XYXY_ABS,
-                    "category_id": int(rng.randint(3)),
-                }
-            )
-        dicts.append(
-            {"file_name": path, "image_id": i, "height": h, "width": w, "annotations": annotations}
-        )
-    DatasetCatalog.register(name, lambda: dicts)
-    MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"])
-    return name
+    return register_random_dataset(
+        "dssd_d2_test_dssd_random",
+        tmp_path_factory.mktemp("images"),
+        size_range=(120, 240),
+        boxes_per_image=2,
+        min_box=20,
+    )
 
 
 def _train(cfg, output_dir, dataset):
@@ -376,10 +360,7 @@ def _train(cfg, output_dir, dataset):
     cfg.SOLVER.WARMUP_ITERS = 0
     cfg.SOLVER.BASE_LR = 0.01
     cfg.TEST.EVAL_PERIOD = 0
-    cfg.OUTPUT_DIR = output_dir
-    trainer = SSDTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+    trainer, _ = train_and_track(cfg, output_dir)
     return trainer
 
 

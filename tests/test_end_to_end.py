@@ -2,49 +2,17 @@
 
 import os
 
-import cv2
 import numpy as np
 import torch
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
 
 from dssd_d2.engine import SSDPredictor, SSDTrainer
 
-from conftest import tiny_ssd300_cfg, train_and_track
-
-
-def _register_random_dataset(name, folder, num_images=4):
-    """Random images of varied sizes with random boxes; the last image has no boxes."""
-    rng = np.random.RandomState(0)
-    dicts = []
-    for i in range(num_images):
-        h, w = int(rng.randint(80, 200)), int(rng.randint(80, 200))
-        path = os.path.join(folder, f"{name}_{i}.png")
-        cv2.imwrite(path, rng.randint(0, 256, (h, w, 3)).astype(np.uint8))
-        annotations = []
-        for _ in range(0 if i == num_images - 1 else 3):
-            x0, y0 = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
-            x1, y1 = x0 + rng.uniform(10, w / 2), y0 + rng.uniform(10, h / 2)
-            annotations.append(
-                {
-                    "bbox": [x0, y0, x1, y1],
-                    "bbox_mode": BoxMode.XYXY_ABS,
-                    "category_id": int(rng.randint(3)),
-                }
-            )
-        dicts.append(
-            {"file_name": path, "image_id": i, "height": h, "width": w, "annotations": annotations}
-        )
-    DatasetCatalog.register(name, lambda: dicts)
-    MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"])
-    return dicts
+from conftest import register_random_dataset, tiny_ssd300_cfg, train_and_track
 
 
 def test_train_and_evaluate_tiny_ssd(tmp_path):
-    name = "dssd_d2_test_random"
-    if name not in DatasetCatalog.list():
-        _register_random_dataset(name, str(tmp_path))
+    name = register_random_dataset("dssd_d2_test_random", tmp_path, empty_last=True)
     cfg = tiny_ssd300_cfg(num_classes=3)
     cfg.DATASETS.TRAIN = (name,)
     cfg.DATASETS.TEST = (name,)
