@@ -35,3 +35,14 @@ def test_every_config_loads_and_builds(config_file):
     cfg = make_cfg(config_file)
     model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize(
+    "config_file",
+    ["PascalVOC-Detection/ssd300_vgg16.yaml", "PascalVOC-Detection/ssd321_R_101.yaml"],
+)
+def test_extra_layer_settings_of_mismatched_lengths_name_the_key(config_file):
+    cfg = make_cfg(config_file)
+    cfg.MODEL.SSD_EXTRAS.STRIDES = cfg.MODEL.SSD_EXTRAS.STRIDES[:-1]
+    with pytest.raises(ValueError, match=r"MODEL.SSD_EXTRAS.\{CONV_DIMS, STRIDES"):
+        build_model(cfg)

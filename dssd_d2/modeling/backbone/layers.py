@@ -1,5 +1,7 @@
 """Small layers shared by the SSD-family backbones."""
 
+from typing import List, Sequence, Tuple
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -19,3 +21,22 @@ class L2Norm(nn.Module):
 
     def forward(self, x):
         return F.normalize(x, p=2.0, dim=1, eps=self.eps) * self.weight.view(1, -1, 1, 1)
+
+
+def extra_level_settings(
+    conv_dims: Sequence[Sequence[int]],
+    strides: Sequence[int],
+    paddings: Sequence[int],
+    kernel_sizes: Sequence[int],
+) -> List[Tuple[int, int, int, int, int]]:
+    """(bottleneck, out, stride, padding, kernel) per MODEL.SSD_EXTRAS level, lengths checked."""
+    lengths = [len(conv_dims), len(strides), len(paddings), len(kernel_sizes)]
+    if len(set(lengths)) != 1:
+        raise ValueError(
+            "MODEL.SSD_EXTRAS.{CONV_DIMS, STRIDES, PADDINGS, KERNEL_SIZES} must have one entry "
+            f"per extra level; got lengths {lengths}"
+        )
+    return [
+        (mid, out, stride, padding, kernel)
+        for (mid, out), stride, padding, kernel in zip(conv_dims, strides, paddings, kernel_sizes)
+    ]

@@ -27,6 +27,8 @@ from detectron2.modeling.backbone.resnet import (
     build_resnet_backbone,
 )
 
+from .layers import extra_level_settings
+
 __all__ = ["SSDStem", "ExtraBottleneckBlock", "ResNetSSD", "build_resnet_ssd_backbone"]
 
 
@@ -189,21 +191,10 @@ def build_resnet_ssd_backbone(cfg, input_shape: ShapeSpec):
     )
 
     extras = cfg.MODEL.SSD_EXTRAS
-    lengths = [
-        len(extras.CONV_DIMS),
-        len(extras.STRIDES),
-        len(extras.PADDINGS),
-        len(extras.KERNEL_SIZES),
-    ]
-    if len(set(lengths)) != 1:
-        raise ValueError(
-            "MODEL.SSD_EXTRAS.{CONV_DIMS, STRIDES, PADDINGS, KERNEL_SIZES} must have one entry "
-            f"per extra level; got lengths {lengths}"
-        )
     norm = extras.NORM or cfg.MODEL.RESNETS.NORM
     in_channels = stages[-1][-1].out_channels
     extra_blocks = []
-    for (bottleneck, out), stride, padding, kernel in zip(
+    for bottleneck, out, stride, padding, kernel in extra_level_settings(
         extras.CONV_DIMS, extras.STRIDES, extras.PADDINGS, extras.KERNEL_SIZES
     ):
         extra_blocks.append(

@@ -10,7 +10,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from .layers import L2Norm
+from .layers import L2Norm, extra_level_settings
 
 __all__ = ["VGGSSD", "build_vgg_ssd_backbone", "ExtraLayers"]
 
@@ -42,16 +42,10 @@ class ExtraLayers(nn.Module):
         norm: str = "",
     ):
         super().__init__()
-        lengths = {len(conv_dims), len(strides), len(paddings), len(kernel_sizes)}
-        if len(lengths) != 1:
-            raise ValueError(
-                "MODEL.SSD_EXTRAS.{CONV_DIMS, STRIDES, PADDINGS, KERNEL_SIZES} must have one entry "
-                f"per extra level; got lengths {len(conv_dims)}, {len(strides)}, {len(paddings)}, "
-                f"{len(kernel_sizes)}"
-            )
         self.levels = nn.ModuleList()
         self.out_channels: List[int] = []
-        for (mid, out), stride, padding, k in zip(conv_dims, strides, paddings, kernel_sizes):
+        settings = extra_level_settings(conv_dims, strides, paddings, kernel_sizes)
+        for mid, out, stride, padding, k in settings:
             self.levels.append(
                 nn.Sequential(
                     Conv2d(in_channels, mid, 1, bias=not norm, norm=get_norm(norm, mid)),
