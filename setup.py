@@ -7,9 +7,18 @@ setup(
     packages=find_packages(include=["dssd_d2", "dssd_d2.*"]),
     python_requires=">=3.9",
     # Detectron2 itself is not listed: pip cannot resolve it. See README (Installation).
-    install_requires=["torch>=1.13", "torchvision", "numpy", "Pillow", "opencv-python-headless"],
+    # scikit-learn ships the digits behind the built-in quick-start dataset.
+    install_requires=[
+        "torch>=1.13",
+        "torchvision",
+        "numpy",
+        "Pillow",
+        "opencv-python-headless",
+        "matplotlib",
+        "scikit-learn",
+    ],
     extras_require={
-        "test": ["pytest", "scikit-learn"],
+        "test": ["pytest"],
         "export": ["onnx", "onnxruntime"],
     },
 )
