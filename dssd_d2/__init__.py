@@ -12,4 +12,6 @@ except ImportError as e:  # pragma: no cover - exercised only without Detectron2
 from .config import add_ssd_config
 from . import data, modeling  # noqa: F401  (registration)
 
-__all__ = ["add_ssd_config"]
+from .deploy import fold_batch_norm
+
+__all__ = ["add_ssd_config", "fold_batch_norm"]

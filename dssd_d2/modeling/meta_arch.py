@@ -204,8 +204,10 @@ class SSD(DenseDetector):
             predictions, [self.num_classes + 1, 4]
         )
         anchors = Boxes.cat(self.anchor_generator(features)).tensor
-        scores = F.softmax(cat(pred_logits, dim=1), dim=-1)[..., : self.num_classes]
-        deltas = cat(pred_deltas, dim=1)
+        # float32 from here on: under bf16 autocast the network's outputs are bf16, too coarse
+        # for box coordinates; softmax, decoding and NMS are a small part of the time.
+        scores = F.softmax(cat(pred_logits, dim=1).float(), dim=-1)[..., : self.num_classes]
+        deltas = cat(pred_deltas, dim=1).float()
         return [
             self.inference_single_image(anchors, scores[i], deltas[i], image_size)
             for i, image_size in enumerate(images.image_sizes)
