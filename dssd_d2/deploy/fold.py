@@ -12,7 +12,6 @@ after an activation) cannot be folded and is left as it is.
 
 import itertools
 import logging
-from typing import Dict, Optional, Tuple, Type
 from collections.abc import Iterator
 
 import torch
@@ -22,7 +21,7 @@ from detectron2.layers import FrozenBatchNorm2d
 
 from ..modeling.backbone.dsod import DenseLayer
 
-__all__ = ["count_batch_norms", "fold_batch_norm", "fold_conv_bn"]
+__all__ = ["calibrate_batch_norms", "count_batch_norms", "fold_batch_norm", "fold_conv_bn"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,3 +128,25 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     after = count_batch_norms(model)
     logger.info(f"Folded {before - after} of {before} BatchNorm layers into convolutions.")
     return model
+
+
+@torch.no_grad()
+def calibrate_batch_norms(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Set the running statistics of every trainable BatchNorm of an SSD-family model to those of
+    ``images`` (N, C, H, W, before normalisation), then put it in eval mode.
+
+    For models with random weights (tests, benchmarks): fresh statistics (mean 0, variance 1)
+    let activations grow layer after layer, up to inf through DSSD's products, whereas a
+    trained model's BatchNorms keep them near unit scale.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one batch gives exactly its statistics
+    model.train()
+    features = model.backbone((images - model.pixel_mean) / model.pixel_std)
+    model.head([features[f] for f in model.head_in_features])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()

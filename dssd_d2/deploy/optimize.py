@@ -6,7 +6,6 @@ autocast roughly halves the network time on CPUs with AVX512-BF16 or AMX.
 """
 
 import contextlib
-from typing import Dict, List
 
 import torch
 from torch import nn
