@@ -1,5 +1,8 @@
 """TorchScript and ONNX export of a shrunk model of each family: save, load, compare with eager
-inference (and run the ONNX file in onnxruntime), plus tools/export_model.py."""
+inference (and run the ONNX file in onnxruntime); smoke runs of tools/export_model.py and
+tools/benchmark.py (figures are not checked: speed is never asserted)."""
+
+import json
 
 import os
 import subprocess
@@ -108,29 +111,48 @@ def test_onnx_round_trip_in_onnxruntime(family, tmp_path):
     assert_same_detections(actual, expected)
 
 
-def test_export_tool_writes_torchscript(tmp_path):
-    output = tmp_path / "ssd.ts"
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "tools", "export_model.py"),
-        "--config-file",
-        os.path.join(ROOT, "configs", "Base-SSD.yaml"),
-        "--format",
-        "torchscript",
-        "--output",
-        str(output),
-        "MODEL.WEIGHTS",
-        "",
-        "MODEL.VGG.CONV_DIMS",
-        "[4, 8, 8, 16, 16]",
-        "MODEL.VGG.FC_DIM",
-        "16",
-        "MODEL.SSD_EXTRAS.CONV_DIMS",
-        "[[8, 16], [8, 16], [8, 16], [8, 16]]",
-    ]
+TINY_SSD300_OPTS = [
+    "MODEL.WEIGHTS",
+    "",
+    "MODEL.VGG.CONV_DIMS",
+    "[4, 8, 8, 16, 16]",
+    "MODEL.VGG.FC_DIM",
+    "16",
+    "MODEL.SSD_EXTRAS.CONV_DIMS",
+    "[[8, 16], [8, 16], [8, 16], [8, 16]]",
+    "MODEL.VGG.NORM",
+    "BN",
+]
+
+
+def run_tool(name, *args):
+    command = [sys.executable, os.path.join(ROOT, "tools", name), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_export_tool_writes_torchscript(tmp_path):
+    output = tmp_path / "ssd.ts"
+    config = os.path.join(ROOT, "configs", "Base-SSD.yaml")
+    stdout = run_tool(
+        "export_model.py", "--config-file", config, "--output", str(output), *TINY_SSD300_OPTS
+    )
+    assert "as in eager mode" in stdout
     assert output.exists()
     outputs = torch.jit.load(str(output))(random_image(300, 300))
     assert len(outputs) == len(OUTPUT_NAMES)
+
+
+def test_benchmark_tool_writes_every_figure(tmp_path):
+    output = tmp_path / "benchmark.json"
+    config = os.path.join(ROOT, "configs", "Base-SSD.yaml")
+    args = ["--configs", config, "--modes", "eager", "folded", "fast", "--iters", "1"]
+    args += ["--batch", "2", "--batch-iters", "1", "--train-batch", "2", "--train-iters", "1"]
+    args += ["--no-flops", "--threads", "1", "--output", str(output)]
+    stdout = run_tool("benchmark.py", *args, *TINY_SSD300_OPTS)
+    assert "| fast |" in stdout
+    (result,) = json.loads(output.read_text())["results"]
+    assert set(result["latency"]) == {"eager", "folded", "fast"}
+    assert result["default_boxes"] == 8732 and result["train_images_per_s"] > 0
