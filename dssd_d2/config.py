@@ -25,6 +25,17 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD_AUG.MIN_CROP_SIZE = 0.3
     # Horizontal flip uses Detectron2's INPUT.RANDOM_FLIP ("horizontal" or "none").
 
+    # ---------------------------------------------------------------- bad images
+    # What SSDDatasetMapper does with an image it cannot use (missing, empty, truncated or
+    # corrupt file, 32-bit float pixels, or a size that disagrees with the dataset's
+    # height/width): "skip" logs a warning naming the file, counts it in the training metrics
+    # (data/skipped_images) and loads another image; "raise" stops with an error naming the
+    # file. Training skips, so that one broken file does not cost a run of hours; evaluation
+    # raises, so that a score is never computed silently on fewer images (with "skip" there, a
+    # skipped image gets no detections and its objects count as missed).
+    _C.DATALOADER.BAD_IMAGE_POLICY_TRAIN = "skip"
+    _C.DATALOADER.BAD_IMAGE_POLICY_TEST = "raise"
+
     # ---------------------------------------------------------------- SSD meta-architecture
     _C.MODEL.SSD = CN()
     # Foreground classes; the softmax has NUM_CLASSES + 1 outputs, background last.
