@@ -94,6 +94,9 @@ class SSDHead(nn.Module):
                 f"choose from {sorted(name for name, _ in PREDICTION_MODULE_REGISTRY)}"
             )
         build_module = PREDICTION_MODULE_REGISTRY.get(prediction_module)
+        # What it predicts, checked by the SSD meta-architecture against its priors and classes.
+        self.num_anchors = list(num_anchors)
+        self.num_classes = num_classes
         self.prediction_modules = nn.ModuleList()
         self.cls_score = nn.ModuleList()
         self.bbox_pred = nn.ModuleList()

@@ -17,6 +17,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
+from .backbone.dssd import feature_sizes
 from .heads import build_ssd_head
 
 __all__ = ["SSD", "freeze_parameters"]
@@ -40,6 +41,29 @@ def freeze_parameters(model: nn.Module, prefixes: Sequence[str]):
             parent, _, name = path.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, name, frozen)
     return model
+
+
+def _check_input_size(backbone: Backbone, size: int, in_channels: int, in_features: List[str]):
+    """Raise, naming INPUT.FIXED_SIZE, when the backbone cannot take a ``size`` square (padded as
+    the model pads it) or gives an empty map: a shape-only pass, at build time, rather than a
+    convolution error at the first iteration."""
+    padded = ImageList.from_tensors(
+        [torch.empty(in_channels, size, size, device="meta")],
+        backbone.size_divisibility,
+        padding_constraints=backbone.padding_constraints,
+    ).tensor.shape[-2:]
+    try:
+        sizes = feature_sizes(backbone, tuple(padded), in_channels)
+    except RuntimeError as e:
+        raise ValueError(
+            f"The backbone {type(backbone).__name__} cannot take INPUT.FIXED_SIZE={size} (input "
+            f"{tuple(padded)} after padding); a larger size is usually needed: {e}"
+        ) from e
+    empty = {f: sizes[f] for f in in_features if min(sizes[f]) < 1}
+    if empty:
+        raise ValueError(
+            f"INPUT.FIXED_SIZE={size} gives empty feature maps {empty} (MODEL.SSD.IN_FEATURES)"
+        )
 
 
 @META_ARCH_REGISTRY.register()
@@ -77,6 +101,21 @@ class SSD(DenseDetector):
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
         )
+        # A head built for other priors or classes would still run, with predictions silently
+        # paired with the wrong priors: refuse it (heads that say what they predict).
+        head_anchors = list(getattr(head, "num_anchors", anchor_generator.num_anchors))
+        if head_anchors != list(anchor_generator.num_anchors):
+            raise ValueError(
+                f"The head predicts {head_anchors} boxes per location but the anchor generator "
+                f"makes {anchor_generator.num_anchors} priors per location; check "
+                "MODEL.ANCHOR_GENERATOR.{MIN_SIZES, MAX_SIZES, ASPECT_RATIOS, FLIP}"
+            )
+        head_classes = getattr(head, "num_classes", num_classes)
+        if head_classes != num_classes:
+            raise ValueError(
+                f"The head predicts {head_classes} classes but MODEL.SSD.NUM_CLASSES is "
+                f"{num_classes}"
+            )
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
         self.num_classes = num_classes
@@ -102,6 +141,7 @@ class SSD(DenseDetector):
                 f"MODEL.SSD.IN_FEATURES has {missing}, which the backbone "
                 f"{cfg.MODEL.BACKBONE.NAME} does not output (it has {list(backbone_shape)})"
             )
+        _check_input_size(backbone, cfg.INPUT.FIXED_SIZE, len(cfg.MODEL.PIXEL_MEAN), in_features)
         feature_shapes = [backbone_shape[f] for f in in_features]
         anchor_generator = build_anchor_generator(cfg, feature_shapes)
         return {
