@@ -46,12 +46,17 @@ def model_stats(cfg, flops: bool = True):
         "gflops": None,
     }
     if flops:
-        image = torch.zeros(len(cfg.MODEL.PIXEL_MEAN), size, size)
-        with torch.no_grad():
-            analysis = FlopCountAnalysis(model, [{"image": image}])
-            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            stats["gflops"] = analysis.total() / 1e9
+        stats["gflops"] = count_gflops(model, size)
     return stats
+
+
+def count_gflops(model, size: int) -> float:
+    """GFLOPs of one zero image of ``size`` x ``size`` through ``model`` in inference mode."""
+    image = torch.zeros(model.pixel_mean.shape[0], size, size, device=model.device)
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(model.eval(), [{"image": image}])
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return analysis.total() / 1e9
 
 
 def main():
