@@ -28,9 +28,8 @@ def _ssd_kwargs_with_head(**head_kwargs):
     cfg = tiny_ssd300_cfg()
     kwargs = SSD.from_config(cfg)
     shapes = [kwargs["backbone"].output_shape()[f] for f in kwargs["head_in_features"]]
-    head = dict(input_shape=shapes, num_classes=3, num_anchors=[4, 6, 6, 6, 4, 4])
-    head.update(head_kwargs)
-    kwargs["head"] = SSDHead(**head)
+    head = {"input_shape": shapes, "num_classes": 3, "num_anchors": [4, 6, 6, 6, 4, 4]}
+    kwargs["head"] = SSDHead(**{**head, **head_kwargs})
     return kwargs
 
 

@@ -210,7 +210,7 @@ def test_exif_rotated_jpeg_is_upright_and_its_size_checked(tmp_path):
 def test_unusual_images_map_to_valid_samples(tmp_path):
     mapper = SSDDatasetMapper(tiny_ssd300_cfg(), is_train=True)  # full SSD augmentation
     random.seed(0)
-    for name, (path, expected) in _unusual_images(str(tmp_path)).items():
+    for path, expected in _unusual_images(str(tmp_path)).values():
         h, w = expected.shape[:2]
         for _ in range(3):
             out = mapper(_record(path, h, w, boxes=[(0, 0, w, h), (0, 0, w / 2, h / 2)]))

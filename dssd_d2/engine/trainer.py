@@ -72,9 +72,9 @@ class SSDTrainer(DefaultTrainer):
                 f"checkpoint is {last}: resume from it with --resume after lowering "
                 "SOLVER.BASE_LR, lengthening SOLVER.WARMUP_ITERS or fixing the data."
             ) from e
-        self.storage.put_scalar(
-            "data/skipped_images", self._trainer.data_loader.skipped, smoothing_hint=False
-        )
+        loader = self._trainer.data_loader
+        if isinstance(loader, SkipCountingLoader):  # a subclass may build its own loader
+            self.storage.put_scalar("data/skipped_images", loader.skipped, smoothing_hint=False)
 
     @classmethod
     def build_train_loader(cls, cfg):
