@@ -22,6 +22,7 @@ from detectron2.export import dump_torchscript_IR
 from detectron2.modeling import build_model
 
 import dssd_d2
+from dssd_d2.deploy import calibrate_batch_norms
 from dssd_d2.deploy.export import export_onnx, export_torchscript, outputs_to_instances
 
 
@@ -55,15 +56,18 @@ def main():
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
 
+    size = cfg.INPUT.FIXED_SIZE
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (2, len(cfg.MODEL.PIXEL_MEAN), size, size))
+    images = torch.from_numpy(images).float()
+    image = images[0]
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    else:  # random weights: BatchNorm statistics of real scale, or DSSD's products overflow
+        calibrate_batch_norms(model, images)
     if not args.no_fold:
         dssd_d2.fold_batch_norm(model)
-    size = cfg.INPUT.FIXED_SIZE
-    rng = np.random.RandomState(0)
-    image = torch.from_numpy(rng.randint(0, 256, (len(cfg.MODEL.PIXEL_MEAN), size, size)))
-    image = image.float()
 
     if args.format == "torchscript":
         traced = export_torchscript(model, image, args.output)
@@ -76,16 +80,12 @@ def main():
     with torch.no_grad():
         expected = model([{"image": image}])[0]["instances"]
     actual = outputs_to_instances(run_exported(args, image))
-    same = len(actual) == len(expected)
-    if same and len(expected):
-        box_error = (actual.pred_boxes.tensor - expected.pred_boxes.tensor).abs().max().item()
-        score_error = (actual.scores - expected.scores).abs().max().item()
-        print(
-            f"Check on a random image: {len(expected)} detections as in eager mode; largest "
-            f"difference {box_error:.2e} px in boxes, {score_error:.2e} in scores"
-        )
-    else:
-        print(f"Check on a random image: {len(actual)} detections, eager mode {len(expected)}")
+    # Scores compared sorted: with random weights many scores tie and their order is arbitrary.
+    message = f"Check on a random image: {len(actual)} detections, eager mode {len(expected)}"
+    if len(actual) == len(expected) and len(expected):
+        error = (actual.scores.sort().values - expected.scores.sort().values).abs().max()
+        message += f"; sorted scores differ by at most {error.item():.1e}"
+    print(message)
 
 
 if __name__ == "__main__":
