@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="SSD, DSSD and DSOD single-shot detectors for Detectron2",
     packages=find_packages(include=["dssd_d2", "dssd_d2.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     # Detectron2 itself is not listed: pip cannot resolve it. See README (Installation).
     # scikit-learn ships the digits behind the built-in quick-start dataset.
     install_requires=[

@@ -12,6 +12,7 @@ from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 
 __all__ = [
+    "display_scale",
     "draw_ground_truth",
     "draw_predictions",
     "plot_training_curves",
@@ -20,16 +21,23 @@ __all__ = [
 ]
 
 
+def display_scale(image: np.ndarray, min_side: int = 384) -> float:
+    """Enlargement that makes small images (e.g. 128 px digits) readable under their labels."""
+    return max(1.0, min_side / min(image.shape[:2]))
+
+
 def draw_predictions(image_rgb: np.ndarray, instances: Instances, metadata, score_thresh=0.5):
     """RGB image with the predictions scoring at least ``score_thresh`` (boxes, class, score)."""
     instances = instances.to("cpu")
     instances = instances[instances.scores >= score_thresh]
-    return Visualizer(image_rgb, metadata).draw_instance_predictions(instances).get_image()
+    visualizer = Visualizer(image_rgb, metadata, scale=display_scale(image_rgb))
+    return visualizer.draw_instance_predictions(instances).get_image()
 
 
 def draw_ground_truth(image_rgb: np.ndarray, dataset_dict: Dict, metadata):
     """RGB image with a dataset dict's annotated boxes and class names."""
-    return Visualizer(image_rgb, metadata).draw_dataset_dict(dataset_dict).get_image()
+    visualizer = Visualizer(image_rgb, metadata, scale=display_scale(image_rgb))
+    return visualizer.draw_dataset_dict(dataset_dict).get_image()
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:
@@ -52,8 +60,8 @@ def read_metrics(metrics_json: str) -> List[Dict]:
 
 
 def plot_training_curves(metrics_json: str, output_png: str) -> str:
-    """Plot the losses, the learning rate and any evaluation metric (e.g. ``bbox/AP50``)
-    against the iteration; returns ``output_png``."""
+    """Plot the losses, the learning rate and the evaluation's AP, AP50 and AP75 (COCO
+    ``bbox/AP50`` or VOC ``bbox/AP50`` alike) against the iteration; returns ``output_png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +73,7 @@ def plot_training_curves(metrics_json: str, output_png: str) -> str:
             if key != "iteration" and isinstance(value, (int, float)):
                 series[key].append((record["iteration"], value))
     losses = sorted(k for k in series if k.startswith("loss") or k == "total_loss")
-    evals = sorted(k for k in series if "/" in k and k.split("/")[1].startswith("AP"))
+    evals = sorted(k for k in series if k.split("/")[-1] in ("AP", "AP50", "AP75") and "/" in k)
     if not losses:
         raise ValueError(f"{metrics_json} has no loss records to plot")
     panels = [("loss", losses), ("learning rate", ["lr"] if "lr" in series else [])]

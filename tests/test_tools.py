@@ -33,9 +33,10 @@ def test_demo_annotates_files_folders_and_globs(tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert sorted(os.listdir(out)) == ["a.png", "a_1.png", "b.png", "b_1.png"]
-    # Drawn at each image's own size, whatever the model's input square.
-    assert cv2.imread(str(out / "a.png")).shape == (90, 140, 3)
-    assert cv2.imread(str(out / "b_1.png")).shape == (200, 60, 3)
+    # Drawn at each image's own shape, whatever the model's input square; small images are
+    # enlarged so that the labels stay readable (shorter side 384 px).
+    assert cv2.imread(str(out / "a.png")).shape == (384, 597, 3)
+    assert cv2.imread(str(out / "b_1.png")).shape == (1280, 384, 3)
 
 
 def test_demo_names_an_input_that_matches_nothing(tmp_path):
