@@ -27,7 +27,7 @@ def test_demo_annotates_files_folders_and_globs(tmp_path):
         sys.executable, os.path.join(ROOT, "tools", "demo.py"),
         "--config-file", os.path.join(ROOT, "configs", "quickstart", "ssd_digits.yaml"),
         "--input", str(images), str(images / "a.png"), str(images / "*.jpg"),
-        "--output", str(out), "--confidence-threshold", "0.0",
+        "--output", str(out), "--confidence-threshold", "0.0", "--fast",
         "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu",
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)

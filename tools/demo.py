@@ -19,6 +19,7 @@ import logging
 import os
 
 import cv2
+import torch
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -26,6 +27,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 import dssd_d2
+from dssd_d2.deploy import optimize_for_inference
 from dssd_d2.engine import SSDPredictor
 from dssd_d2.visualization import draw_ground_truth, draw_predictions, side_by_side
 
@@ -107,6 +109,11 @@ def main():
     parser.add_argument("--num-images", type=int, default=8, help="with --dataset")
     parser.add_argument("--output", required=True, help="folder for the PNGs")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="CPU fast path: fold BatchNorm, channels-last, frozen oneDNN graph (docs/speed.md)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
     setup_logger(name="dssd_d2")
@@ -115,11 +122,14 @@ def main():
     dssd_d2.add_ssd_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu" if not __import__("torch").cuda.is_available() else cfg.MODEL.DEVICE
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: predicting with an untrained model")
     predictor = SSDPredictor(cfg)
+    if args.fast:
+        optimize_for_inference(predictor.model, cfg.INPUT.FIXED_SIZE)
     os.makedirs(args.output, exist_ok=True)
 
     if args.dataset:
