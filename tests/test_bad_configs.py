@@ -57,6 +57,15 @@ def test_input_size_the_backbone_cannot_take_names_the_key(config_file, size):
         build_model(cfg)
 
 
+def test_prior_steps_left_from_another_input_size_name_the_key():
+    cfg = tiny_ssd300_cfg()
+    cfg.INPUT.FIXED_SIZE = 512  # maps 64, 32, 16, 8, 6, 4 but SSD300's steps
+    with pytest.raises(ValueError, match=r"STEPS\[5\]=300 on a 4x4 map spans 1200"):
+        build_model(cfg)
+    cfg.MODEL.ANCHOR_GENERATOR.STEPS = [8, 16, 32, 64, 85.33, 128]
+    build_model(cfg)
+
+
 def test_num_classes_must_match_the_datasets(tmp_path):
     name = register_random_dataset("dssd_d2_test_random", tmp_path)  # classes a, b, c
     cfg = tiny_ssd300_cfg(num_classes=5)

@@ -64,6 +64,21 @@ def _check_input_size(backbone: Backbone, size: int, in_channels: int, in_featur
         raise ValueError(
             f"INPUT.FIXED_SIZE={size} gives empty feature maps {empty} (MODEL.SSD.IN_FEATURES)"
         )
+    return [sizes[f] for f in in_features]
+
+
+def _check_prior_steps(steps: Sequence[float], map_sizes: List[Tuple[int, int]], size: int):
+    """Priors sit at (i + 0.5) * step on each map: STEPS left over from another FIXED_SIZE would
+    put them off the image or leave part of it uncovered, with no error anywhere. Each level's
+    grid must span the input to within 25% (SSD300's own 38 x 8 = 304 is within 2%)."""
+    for level, (step, (h, w)) in enumerate(zip(steps, map_sizes)):
+        span = step * max(h, w)
+        if not 0.75 * size <= span <= 1.25 * size:
+            raise ValueError(
+                f"MODEL.ANCHOR_GENERATOR.STEPS[{level}]={step} on a {h}x{w} map spans {span:g} "
+                f"pixels, but INPUT.FIXED_SIZE is {size}; use STEPS of about INPUT.FIXED_SIZE / "
+                f"map size: {[round(size / max(m), 2) for m in map_sizes]}"
+            )
 
 
 @META_ARCH_REGISTRY.register()
@@ -141,9 +156,12 @@ class SSD(DenseDetector):
                 f"MODEL.SSD.IN_FEATURES has {missing}, which the backbone "
                 f"{cfg.MODEL.BACKBONE.NAME} does not output (it has {list(backbone_shape)})"
             )
-        _check_input_size(backbone, cfg.INPUT.FIXED_SIZE, len(cfg.MODEL.PIXEL_MEAN), in_features)
+        size = cfg.INPUT.FIXED_SIZE
+        map_sizes = _check_input_size(backbone, size, len(cfg.MODEL.PIXEL_MEAN), in_features)
         feature_shapes = [backbone_shape[f] for f in in_features]
         anchor_generator = build_anchor_generator(cfg, feature_shapes)
+        if cfg.MODEL.ANCHOR_GENERATOR.NAME == "SSDAnchorGenerator":  # explicit per-level steps
+            _check_prior_steps(anchor_generator.strides, map_sizes, size)
         return {
             "backbone": backbone,
             "head": build_ssd_head(cfg, feature_shapes, anchor_generator.num_anchors),
