@@ -49,6 +49,13 @@ def test_generation_is_deterministic_and_cached(tmp_path, small_splits):
     assert os.path.getmtime(json_file) == mtime
 
 
+def test_unwritable_cache_names_the_folder_and_the_fix(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="a_file/digits.*DSSD_DIGITS_ROOT"):
+        generate_digits_split(str(blocker / "digits"), "val")
+
+
 def background_plane(image, boxes):
     """Least-squares plane a*x + b*y + c per channel through the pixels outside every box, and
     the largest residual there."""

@@ -132,10 +132,16 @@ def generate_digits_split(root: str, split_name: str) -> str:
     json_file = os.path.join(root, f"{split_name}.json")
     if os.path.isfile(json_file):
         return json_file
-    os.makedirs(root, exist_ok=True)
+    try:
+        os.makedirs(root, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{split_name}-", dir=root)
+    except OSError as e:
+        raise OSError(
+            f"Cannot write the digits dataset to {root} ({e}); set DSSD_DIGITS_ROOT (or "
+            "DETECTRON2_DATASETS) to a writable folder"
+        ) from e
     ink, labels = _source_digits(split)
     rng = np.random.RandomState(split.seed)
-    staging = tempfile.mkdtemp(prefix=f".{split_name}-", dir=root)
     images, annotations = [], []
     for image_id in tqdm(range(split.num_images), desc=f"Generating digits_{split_name}"):
         image, objects = render_digits_image(rng, ink, labels, split)
