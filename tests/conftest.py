@@ -108,6 +108,17 @@ def train_and_track(cfg, output_dir):
     return trainer, changed
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of small models: they run fastest on one thread, and on
+    a busy 2-core machine two OpenMP threads wait on each other (a 0.1 s training step can take
+    20 s). Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def bccd_root():
     root = os.path.join(SHARED_DATA, "BCCD")

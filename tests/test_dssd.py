@@ -36,14 +36,7 @@ MAPS_321 = [40, 20, 10, 5, 3, 1]
 MAPS_513 = [64, 32, 16, 8, 4, 2, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These small models run fastest on one thread; on a busy 2-core machine two OpenMP
-    threads wait on each other and a 0.1 s training step can take 20 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_cfg(config_file, num_classes=3):

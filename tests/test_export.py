@@ -32,13 +32,7 @@ FAMILIES = {
     "dsod300": tiny_dsod_cfg,
 }
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def detector(family):

@@ -18,13 +18,7 @@ from conftest import make_cfg, random_image, tiny_ssd300_cfg
 from test_dsod import DSOD300, tiny_dsod_cfg
 from test_dssd import DSSD321, tiny_cfg
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @torch.no_grad()
