@@ -5,24 +5,16 @@ python train_net.py --config-file configs/PascalVOC-Detection/ssd300_vgg16.yaml 
 python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 """
 
-import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
-from dssd_d2 import add_ssd_config
+from dssd_d2 import get_ssd_cfg
 from dssd_d2.engine import SSDTrainer
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_ssd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"  # no GPU here: run on the CPU rather than fail
+    cfg = get_ssd_cfg(args.config_file, args.opts)  # on the CPU when there is no GPU
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

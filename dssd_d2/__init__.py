@@ -9,9 +9,9 @@ except ImportError as e:  # pragma: no cover - exercised only without Detectron2
         "install it yourself: pip install 'git+https://github.com/facebookresearch/detectron2.git'"
     ) from e
 
-from .config import add_ssd_config
+from .config import add_ssd_config, get_ssd_cfg
 from . import data, modeling  # noqa: F401  (registration)
 
 from .deploy import fold_batch_norm
 
-__all__ = ["add_ssd_config", "fold_batch_norm"]
+__all__ = ["add_ssd_config", "fold_batch_norm", "get_ssd_cfg"]

@@ -1,6 +1,23 @@
 """Config keys of the SSD family. Defaults are SSD300 (VGG16, Pascal VOC) from the SSD paper."""
 
+import torch
+
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+
+def get_ssd_cfg(config_file: str = "", opts=()) -> CN:
+    """Detectron2's defaults plus :func:`add_ssd_config`, then ``config_file`` and ``KEY VALUE``
+    ``opts``; MODEL.DEVICE falls back to the CPU when CUDA is absent (our configs say "cuda").
+    Not frozen. What train_net.py and every tool start from."""
+    cfg = get_cfg()
+    add_ssd_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
 
 
 def add_ssd_config(cfg):

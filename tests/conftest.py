@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
@@ -21,11 +20,7 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 def make_cfg(config_file=None, opts=()):
     """A CPU config: Detectron2 defaults + add_ssd_config + an optional file + KEY VALUE opts."""
-    cfg = get_cfg()
-    dssd_d2.add_ssd_config(cfg)
-    if config_file:
-        cfg.merge_from_file(os.path.join(CONFIGS, config_file))
-    cfg.merge_from_list(list(opts))
+    cfg = dssd_d2.get_ssd_cfg(os.path.join(CONFIGS, config_file) if config_file else "", opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     return cfg

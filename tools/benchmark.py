@@ -35,7 +35,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
@@ -74,12 +73,8 @@ def parse_args():
 
 
 def load_cfg(config_file, args):
-    cfg = get_cfg()
-    dssd_d2.add_ssd_config(cfg)
-    cfg.merge_from_file(config_file)
-    if "MODEL.WEIGHTS" not in args.opts:
-        cfg.MODEL.WEIGHTS = ""  # random weights unless given on the command line
-    cfg.merge_from_list(args.opts)
+    # Random weights unless MODEL.WEIGHTS is among the overrides, which come after.
+    cfg = dssd_d2.get_ssd_cfg(config_file, ["MODEL.WEIGHTS", "", *args.opts])
     cfg.MODEL.DEVICE = args.device
     return cfg
 

@@ -19,14 +19,12 @@ import logging
 import os
 
 import cv2
-import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
-import dssd_d2
+from dssd_d2 import get_ssd_cfg
 from dssd_d2.deploy import optimize_for_inference
 from dssd_d2.engine import SSDPredictor
 from dssd_d2.visualization import draw_ground_truth, draw_predictions, side_by_side
@@ -118,12 +116,7 @@ def main():
     args = parser.parse_args()
     setup_logger(name="dssd_d2")
 
-    cfg = get_cfg()
-    dssd_d2.add_ssd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_ssd_cfg(args.config_file, args.opts)
     cfg.freeze()
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: predicting with an untrained model")

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.export import dump_torchscript_IR
 from detectron2.modeling import build_model
 
@@ -49,10 +48,7 @@ def run_exported(args, image):
 
 def main():
     args = parse_args()
-    cfg = get_cfg()
-    dssd_d2.add_ssd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = dssd_d2.get_ssd_cfg(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
 

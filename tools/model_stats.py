@@ -15,7 +15,6 @@ import argparse
 import torch
 from fvcore.nn import parameter_count
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 
@@ -72,10 +71,7 @@ def main():
     )
     print("|---|---|---|---|---|---|---|")
     for config_file in args.config_file:
-        cfg = get_cfg()
-        dssd_d2.add_ssd_config(cfg)
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(args.opts)
+        cfg = dssd_d2.get_ssd_cfg(config_file, args.opts)
         cfg.MODEL.DEVICE = "cpu"
         stats = model_stats(cfg, flops=not args.no_flops)
         gflops = "-" if stats["gflops"] is None else f"{stats['gflops']:.2f}"
