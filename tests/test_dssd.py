@@ -16,7 +16,8 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.utils.events import EventStorage
 
 from dssd_d2.engine import SSDTrainer
-from dssd_d2.modeling.backbone.dssd import deconv_geometry, feature_sizes
+from dssd_d2.modeling.backbone.dssd import deconv_geometry
+from dssd_d2.modeling.backbone.layers import feature_sizes
 from dssd_d2.modeling.backbone.resnet import ExtraBottleneckBlock
 
 from conftest import (

@@ -19,7 +19,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 
 import dssd_d2
-from dssd_d2.modeling.backbone.dssd import feature_sizes
+from dssd_d2.modeling.backbone.layers import feature_sizes
 
 
 def model_stats(cfg, flops: bool = True):

@@ -17,7 +17,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-from .backbone.dssd import feature_sizes
+from .backbone.layers import feature_sizes
 from .heads import build_ssd_head
 
 __all__ = ["SSD", "freeze_parameters"]

@@ -7,49 +7,28 @@ kernel follows the actual map sizes: 1 -> 2 -> 4 or 1 -> 3 -> 5 -> 10), each mod
 paths with BatchNorm'd convolutions and the paths are combined by an element-wise product.
 """
 
-import itertools
 import logging
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from fvcore.nn import weight_init
 from torch import nn
-from torch.func import functional_call
 from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from .layers import feature_sizes
+
 __all__ = [
     "DeconvolutionModule",
     "DSSDBackbone",
     "build_dssd_backbone",
     "deconv_geometry",
-    "feature_sizes",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def feature_sizes(backbone: Backbone, image_size: Tuple[int, int], in_channels: int = 3):
-    """(H, W) of every output of ``backbone`` for one ``image_size`` input.
-
-    Runs the backbone on the meta device: shapes only, no arithmetic and no change to its state,
-    so it costs milliseconds even for ResNet-101 at 513x513.
-    """
-    meta_state = {
-        name: torch.empty_like(tensor, device="meta")
-        for name, tensor in itertools.chain(backbone.named_parameters(), backbone.named_buffers())
-    }
-    image = torch.empty(1, in_channels, *image_size, device="meta")
-    was_training = backbone.training
-    backbone.eval()  # batch of one: BatchNorm must not need batch statistics
-    try:
-        outputs = functional_call(backbone, meta_state, (image,))
-    finally:
-        backbone.train(was_training)
-    return {name: tuple(x.shape[-2:]) for name, x in outputs.items()}
 
 
 def deconv_geometry(coarse: int, fine: int) -> Optional[Tuple[int, int, int]]:

@@ -1,10 +1,14 @@
-"""Small layers shared by the SSD-family backbones."""
+"""Small layers and helpers shared by the SSD-family backbones."""
 
+import itertools
 from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn import functional as F
+
+from detectron2.modeling import Backbone
 
 
 class L2Norm(nn.Module):
@@ -40,3 +44,23 @@ def extra_level_settings(
         (mid, out, stride, padding, kernel)
         for (mid, out), stride, padding, kernel in zip(conv_dims, strides, paddings, kernel_sizes)
     ]
+
+
+def feature_sizes(backbone: Backbone, image_size: Tuple[int, int], in_channels: int = 3):
+    """(H, W) of every output of ``backbone`` for one ``image_size`` input.
+
+    Runs the backbone on the meta device: shapes only, no arithmetic and no change to its state,
+    so it costs milliseconds even for ResNet-101 at 513x513.
+    """
+    meta_state = {
+        name: torch.empty_like(tensor, device="meta")
+        for name, tensor in itertools.chain(backbone.named_parameters(), backbone.named_buffers())
+    }
+    image = torch.empty(1, in_channels, *image_size, device="meta")
+    was_training = backbone.training
+    backbone.eval()  # batch of one: BatchNorm must not need batch statistics
+    try:
+        outputs = functional_call(backbone, meta_state, (image,))
+    finally:
+        backbone.train(was_training)
+    return {name: tuple(x.shape[-2:]) for name, x in outputs.items()}
