@@ -86,9 +86,20 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD_HEAD.PREDICTION_MODULE = "none"
     # Bottleneck and output channels of the residual prediction modules.
     _C.MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS = [256, 1024]
+    # One [bottleneck, out] pair per level instead (the official DSSD513 varies them, e.g.
+    # 128, 512, 256, ...); empty: PREDICTION_MODULE_DIMS on every level.
+    _C.MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS_PER_LEVEL = []
+    # Norm of the prediction modules and of the "conv_bn" / "separable" predictors.
     _C.MODEL.SSD_HEAD.NORM = "BN"
     # Kernel size of the class and box predictors.
     _C.MODEL.SSD_HEAD.KERNEL_SIZE = 3
+    # One kernel size per level instead (official DSSD321: [5, 5, 3, 3, 3, 3]); empty:
+    # KERNEL_SIZE on every level.
+    _C.MODEL.SSD_HEAD.KERNEL_SIZES = []
+    # Class and box predictors, one of PREDICTOR_REGISTRY: "conv" (SSD, a biased conv),
+    # "conv_bn" (DSOD's released model: bias-free conv, BatchNorm with learned scale and shift)
+    # or "separable" (SSDlite: depthwise conv + norm + ReLU6, then a 1x1 conv).
+    _C.MODEL.SSD_HEAD.PREDICTOR = "conv"
 
     # ---------------------------------------------------------------- priors (default boxes)
     # Per level: min size, max size (the extra square is sqrt(min * max); 0: none), aspect
@@ -135,6 +146,9 @@ def add_ssd_config(cfg):
     # DenseNet backbone and prediction layers (build_dsod_backbone), named like the paper's
     # DS/A-B-k-theta. Defaults: DSOD300 DS/64-192-48-1 with dense prediction, as released.
     _C.MODEL.DSOD = CN()
+    # Stem: "stem_block" (DSOD's three 3x3 convs and a 2x2 pool) or "densenet" (DenseNet's 7x7
+    # stride-2 conv and 3x3 pool; the paper's Table 3 ablation). Default "stem_block".
+    _C.MODEL.DSOD.STEM = "stem_block"
     # A: channels of the first two stem convs (the third has 2A). Default 64.
     _C.MODEL.DSOD.STEM_WIDTH = 64
     # B: channels of each dense layer's 1x1 bottleneck. Default 192.
@@ -149,6 +163,9 @@ def add_ssd_config(cfg):
     # floor(COMPRESSION * input). Default [0, 0, 0, 256]: the released model ends in 256
     # channels; [0, 0, 0, 0] is the paper's Table 1 (1568).
     _C.MODEL.DSOD.TRANSITION_CHANNELS = [0, 0, 0, 256]
+    # False merges dense blocks 3 and 4 into one (the Table 3 ablation "without transition w/o
+    # pooling": three dense blocks). Default True.
+    _C.MODEL.DSOD.TRANSITION_WITHOUT_POOLING = True
     # Prediction structure: "dense" (learn half, reuse half) or "plain" (SSD-like). Default "dense".
     _C.MODEL.DSOD.PREDICTION = "dense"
     # "dense": channels of each half at sources 2-6 (source 2's learned half is the last

@@ -59,8 +59,10 @@ def detector(family):
     return model, image
 
 
-def assert_same_detections(actual, expected, score_tol=1e-4, box_tol=1e-2):
-    """Same detections up to float rounding, in any order among equal scores."""
+def assert_same_detections(actual, expected, score_tol=1e-4, box_tol=0.05):
+    """Same detections up to float rounding, in any order among equal scores. Boxes within
+    0.05 px: random weights predict large offsets, and exp() of a large log-size turns float
+    rounding into about 0.01 px on a 200 px box."""
     assert actual.image_size == expected.image_size
     assert 0 < len(actual) == len(expected)
     unmatched = list(range(len(actual)))

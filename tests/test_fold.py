@@ -104,14 +104,18 @@ def test_fold_shrunk_dssd(prediction_module):
 
 def test_fold_dsod300_keeps_only_preactivation_norms_over_concatenations():
     torch.manual_seed(0)
-    folded = check_fold(build_model(make_cfg(DSOD300)), 300, expect_all_folded=False)
+    model = build_model(make_cfg(DSOD300))
+    # DSOD's predictors are conv + BatchNorm (MODEL.SSD_HEAD.PREDICTOR "conv_bn"): all fold.
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.head.modules()) == 12
+    folded = check_fold(model, 300, expect_all_folded=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.head.modules())
     # What remains are BN-ReLU-conv units whose input is a concatenation (dense layers,
     # transitions) or a pooled map: no convolution directly before them.
     left = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
     preact_norms = {id(m[0]) for m in folded.modules() if isinstance(m, PreActConv)}
     assert left and all(id(m) in preact_norms for m in left)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.backbone.stem.modules())
-    assert all(isinstance(layer.conv[0], nn.Identity) for layer in folded.backbone.dense1)
+    assert all(isinstance(layer.conv[0], nn.Identity) for layer in folded.backbone.stages.dense1)
 
 
 def test_fold_shrunk_dsod_plain():
