@@ -14,7 +14,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 
-from dssd_d2.deploy import calibrate_batch_norms
+from dssd_d2.analysis import calibrate_batch_norms
 from dssd_d2.deploy.export import (
     OUTPUT_NAMES,
     export_onnx,
