@@ -10,7 +10,7 @@ from detectron2.utils.analysis import FlopCountAnalysis
 
 from .modeling.backbone.layers import feature_sizes
 
-__all__ = ["calibrate_batch_norms", "count_gflops", "model_stats"]
+__all__ = ["calibrate_batch_norms", "count_gflops", "default_boxes", "model_stats"]
 
 
 def model_stats(cfg, flops: bool = True):
@@ -23,21 +23,30 @@ def model_stats(cfg, flops: bool = True):
         cfg.MODEL.SSD.FREEZE = []
     model = build_model(cfg).eval()
     size = cfg.INPUT.FIXED_SIZE
-    sizes = feature_sizes(model.backbone, (size, size), len(cfg.MODEL.PIXEL_MEAN))
-    map_sizes = [sizes[f] for f in model.head_in_features]
-    per_location = model.anchor_generator.num_cell_anchors
     params = parameter_count(model)
     stats = {
         "params": params[""],
         "backbone_params": params["backbone"],
-        "default_boxes": sum(a * h * w for a, (h, w) in zip(per_location, map_sizes)),
-        "map_sizes": map_sizes,
-        "boxes_per_location": per_location,
+        **default_boxes(model, size),
         "gflops": None,
     }
     if flops:
         stats["gflops"] = count_gflops(model, size)
     return stats
+
+
+def default_boxes(model, image_size: int):
+    """dict with default_boxes (the prior count), map_sizes and boxes_per_location of an
+    SSD-family model at a square ``image_size``, from shapes only."""
+    channels = model.pixel_mean.shape[0]
+    sizes = feature_sizes(model.backbone, (image_size, image_size), channels)
+    map_sizes = [sizes[f] for f in model.head_in_features]
+    per_location = model.anchor_generator.num_cell_anchors
+    return {
+        "default_boxes": sum(a * h * w for a, (h, w) in zip(per_location, map_sizes)),
+        "map_sizes": map_sizes,
+        "boxes_per_location": per_location,
+    }
 
 
 def count_gflops(model, size: int) -> float:

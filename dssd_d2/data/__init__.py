@@ -3,6 +3,17 @@ digits, registered on import)."""
 
 from . import builtin  # noqa: F401  (registers the built-in datasets)
 from .dataset_mapper import SSDDatasetMapper
-from .transforms import PhotometricDistortion, RandomExpand, build_ssd_augmentation
+from .transforms import (
+    PhotometricDistortion,
+    RandomExpand,
+    build_ssd_augmentation,
+    ssd_augmentations,
+)
 
-__all__ = ["SSDDatasetMapper", "PhotometricDistortion", "RandomExpand", "build_ssd_augmentation"]
+__all__ = [
+    "SSDDatasetMapper",
+    "PhotometricDistortion",
+    "RandomExpand",
+    "build_ssd_augmentation",
+    "ssd_augmentations",
+]
