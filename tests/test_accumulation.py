@@ -13,7 +13,7 @@ from detectron2.utils.events import EventStorage
 from dssd_d2.engine import SSDTrainer
 from dssd_d2.engine.accumulation import GradientAccumulationTrainer
 
-from test_dsod import register_cells_dataset, tiny_dsod_cfg
+from helpers import register_cells_dataset, tiny_dsod_cfg
 
 
 class MeanLossModel(nn.Module):

@@ -10,7 +10,7 @@ from dssd_d2.engine import SSDTrainer
 from dssd_d2.modeling.heads import SSDHead
 from dssd_d2.modeling.meta_arch import SSD
 
-from conftest import make_cfg, register_random_dataset, tiny_ssd300_cfg
+from helpers import make_cfg, register_random_dataset, tiny_ssd300_cfg
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from dssd_d2.data import dataset_mapper
 from dssd_d2.data.validation import SKIPPED_KEY, BadImageError, read_image
 from dssd_d2.engine import SSDTrainer
 
-from conftest import tiny_ssd300_cfg
+from helpers import tiny_ssd300_cfg
 
 SIZE = 300
 

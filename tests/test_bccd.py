@@ -13,7 +13,7 @@ from dssd_d2.data.builtin import BCCD_CLASSES, load_bccd_instances, register_bcc
 from dssd_d2.engine import SSDTrainer, build_evaluator
 from dssd_d2.evaluation import PascalVOCDetectionEvaluatorWithClassAP
 
-from conftest import tiny_ssd300_cfg
+from helpers import tiny_ssd300_cfg
 
 
 def test_bccd_splits_register_with_voc_metadata(bccd_root):

@@ -19,7 +19,7 @@ from dssd_d2.engine import SSDTrainer
 from dssd_d2.engine import checkpoint as checkpoint_module
 from dssd_d2.engine.checkpoint import AtomicCheckpointer
 
-from conftest import ROOT, register_random_dataset, tiny_ssd300_cfg
+from helpers import ROOT, register_random_dataset, tiny_ssd300_cfg
 
 
 def _last_checkpoint(folder):
@@ -146,7 +146,7 @@ def test_weights_that_blow_up_are_not_checkpointed(tmp_path):
 LAUNCHER = """
 import sys
 sys.path[:0] = [{root!r}, {tests!r}]
-from conftest import register_random_dataset
+from helpers import register_random_dataset
 register_random_dataset("dssd_d2_test_random", {folder!r})
 import train_net
 train_net.main(train_net.default_argument_parser().parse_args())

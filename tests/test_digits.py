@@ -1,7 +1,6 @@
 """The generated digits dataset: deterministic, boxes tight on the pasted digits, labels right,
 and the quick-start config trains and evaluates on it end to end."""
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -16,14 +15,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from dssd_d2.data.digits import DIGITS_SPLITS, generate_digits_split, register_digits
 from dssd_d2.engine import SSDTrainer
 
-from conftest import make_cfg
-
-
-@pytest.fixture
-def small_splits(monkeypatch):
-    """Both splits at 24 images, so that generation takes a fraction of a second."""
-    for name, split in DIGITS_SPLITS.items():
-        monkeypatch.setitem(DIGITS_SPLITS, name, dataclasses.replace(split, num_images=24))
+from helpers import make_cfg
 
 
 def folder_digest(root):
@@ -36,7 +28,7 @@ def folder_digest(root):
     return digest.hexdigest()
 
 
-def test_generation_is_deterministic_and_cached(tmp_path, small_splits):
+def test_generation_is_deterministic_and_cached(tmp_path, small_digits):
     for root in (tmp_path / "a", tmp_path / "b"):
         for split in DIGITS_SPLITS:
             generate_digits_split(str(root), split)
@@ -72,7 +64,7 @@ def background_plane(image, boxes):
     return plane, residual
 
 
-def test_boxes_are_tight_on_the_pasted_digits(tmp_path, small_splits):
+def test_boxes_are_tight_on_the_pasted_digits(tmp_path, small_digits):
     root = str(tmp_path)
     with open(generate_digits_split(root, "val")) as f:
         coco = json.load(f)
@@ -106,7 +98,7 @@ def test_registered_on_import_with_coco_metadata():
         assert metadata.evaluator_type == "coco" and len(metadata.thing_classes) == 10
 
 
-def test_quickstart_config_trains_and_evaluates(tmp_path, small_splits):
+def test_quickstart_config_trains_and_evaluates(tmp_path, small_digits):
     register_digits(str(tmp_path / "data"), prefix="tiny_digits")
     assert MetadataCatalog.get("tiny_digits_val").evaluator_type == "coco"
     cfg = make_cfg(

@@ -20,42 +20,25 @@ from dssd_d2.modeling.backbone.dssd import deconv_geometry
 from dssd_d2.modeling.backbone.layers import feature_sizes
 from dssd_d2.modeling.backbone.resnet import ExtraBottleneckBlock
 
-from conftest import (
+from helpers import (
+    DSSD321,
+    DSSD513,
+    SSD321,
+    SSD513,
     make_cfg,
     random_image,
     register_random_dataset,
+    tiny_resnet_cfg,
     tiny_ssd300_cfg,
     train_and_track,
     training_input,
 )
 
-SSD321 = "PascalVOC-Detection/ssd321_R_101.yaml"
-SSD513 = "PascalVOC-Detection/ssd513_R_101.yaml"
-DSSD321 = "PascalVOC-Detection/dssd321_R_101.yaml"
-DSSD513 = "PascalVOC-Detection/dssd513_R_101.yaml"
 MAPS_321 = [40, 20, 10, 5, 3, 1]
 MAPS_513 = [64, 32, 16, 8, 4, 2, 1]
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def tiny_cfg(config_file, num_classes=3):
-    """The config's geometry (321 input, all maps) with a narrow ResNet-50 and narrow layers."""
-    cfg = make_cfg(config_file)
-    cfg.MODEL.RESNETS.DEPTH = 50
-    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 8
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 16
-    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 4
-    cfg.MODEL.SSD_EXTRAS.CONV_DIMS = [[8, 32]] * len(cfg.MODEL.SSD_EXTRAS.CONV_DIMS)
-    cfg.MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS = [8, 32]
-    cfg.MODEL.DSSD.OUT_CHANNELS = 16
-    cfg.MODEL.FPN.OUT_CHANNELS = 16
-    cfg.MODEL.SSD.NUM_CLASSES = num_classes
-    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
-    cfg.SOLVER.IMS_PER_BATCH = 2
-    cfg.DATALOADER.NUM_WORKERS = 0
-    return cfg
 
 
 def _batch(size):
@@ -159,7 +142,7 @@ def test_resnet_ssd_keeps_detectron2_resnet_names():
 def test_imagenet_resnet_weights_load_into_the_decoder_by_name_heuristics(tmp_path):
     """A Detectron2-format ImageNet ResNet (e.g. converted from torchvision, loaded with
     matching heuristics like R-101.pkl) fills the ResNet inside the DSSD decoder."""
-    cfg = tiny_cfg(DSSD321)
+    cfg = tiny_resnet_cfg(DSSD321)
     resnet_cfg = cfg.clone()
     resnet_cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
     resnet = build_resnet_backbone(resnet_cfg, ShapeSpec(channels=3))
@@ -213,7 +196,7 @@ def test_decoder_over_vgg_ssd300_maps():
 
 
 def test_decoder_rejects_sizes_it_cannot_match():
-    cfg = tiny_cfg(DSSD321)
+    cfg = tiny_resnet_cfg(DSSD321)
     cfg.MODEL.DSSD.IN_FEATURES = ["res3", "res6"]  # 10 -> 40 has no deconvolution
     with pytest.raises(ValueError, match="MODEL.DSSD.IN_FEATURES"):
         build_backbone(cfg)
@@ -233,7 +216,7 @@ def test_decoder_rejects_sizes_it_cannot_match():
 )
 def test_prediction_modules_and_combinations_train(config_file, prediction_module, combine):
     torch.manual_seed(0)
-    cfg = tiny_cfg(config_file)
+    cfg = tiny_resnet_cfg(config_file)
     cfg.MODEL.SSD_HEAD.PREDICTION_MODULE = prediction_module
     if combine:
         cfg.MODEL.DSSD.COMBINE = combine
@@ -254,7 +237,7 @@ def test_prediction_modules_and_combinations_train(config_file, prediction_modul
 @pytest.mark.parametrize("freeze_head", [False, True])
 def test_stage1_freezing_trains_only_the_deconvolution_side(freeze_head):
     torch.manual_seed(0)
-    cfg = tiny_cfg(DSSD321)
+    cfg = tiny_resnet_cfg(DSSD321)
     cfg.MODEL.SSD.FREEZE = ["backbone.bottom_up"] + (["head"] if freeze_head else [])
     model = build_model(cfg)
     frozen_norms = [m for m in model.backbone.bottom_up.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -278,9 +261,9 @@ def test_stage1_freezing_trains_only_the_deconvolution_side(freeze_head):
 
 def test_ssd_checkpoint_initialises_dssd_and_reports_new_weights(tmp_path):
     torch.manual_seed(0)
-    ssd = build_model(tiny_cfg(SSD321))
+    ssd = build_model(tiny_resnet_cfg(SSD321))
     DetectionCheckpointer(ssd, save_dir=str(tmp_path)).save("ssd321")
-    dssd_cfg = tiny_cfg(DSSD321)
+    dssd_cfg = tiny_resnet_cfg(DSSD321)
     dssd = build_model(dssd_cfg)  # FREEZE ["backbone.bottom_up"]: BN already frozen
     checkpointer = DetectionCheckpointer(dssd)
     # What DetectionCheckpointer.load logs: missing (new), unexpected and mis-shaped keys.
@@ -307,7 +290,7 @@ def test_ssd_checkpoint_initialises_dssd_and_reports_new_weights(tmp_path):
 
 def test_retinanet_over_dssd_decoder_trains_and_infers():
     torch.manual_seed(0)
-    cfg = tiny_cfg("Misc/retinanet_dssd_R_101.yaml")
+    cfg = tiny_resnet_cfg("Misc/retinanet_dssd_R_101.yaml")
     model = build_model(cfg)
     assert type(model).__name__ == "RetinaNet"
     losses = _train_step(model, _batch(cfg.INPUT.FIXED_SIZE), lr=0.01)
@@ -322,7 +305,7 @@ def test_retinanet_over_dssd_decoder_trains_and_infers():
 
 def test_ssd_over_detectron2_fpn_trains_a_step():
     torch.manual_seed(0)
-    cfg = tiny_cfg("Misc/ssd_R_50_FPN.yaml")
+    cfg = tiny_resnet_cfg("Misc/ssd_R_50_FPN.yaml")
     cfg.INPUT.FIXED_SIZE = 256
     model = build_model(cfg)
     assert model.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
@@ -360,9 +343,9 @@ def _train(cfg, output_dir, dataset):
 
 def test_shrunk_ssd_then_dssd_train_and_evaluate(tmp_path, random_dataset):
     torch.manual_seed(0)
-    ssd = _train(tiny_cfg(SSD321), str(tmp_path / "ssd"), random_dataset)
+    ssd = _train(tiny_resnet_cfg(SSD321), str(tmp_path / "ssd"), random_dataset)
 
-    cfg = tiny_cfg(DSSD321)
+    cfg = tiny_resnet_cfg(DSSD321)
     cfg.MODEL.WEIGHTS = str(tmp_path / "ssd" / "model_final.pth")
     trainer = _train(cfg, str(tmp_path / "dssd"), random_dataset)
     bottom_up = trainer.model.backbone.bottom_up.state_dict()
@@ -379,7 +362,7 @@ def test_shrunk_ssd_then_dssd_train_and_evaluate(tmp_path, random_dataset):
 def test_mixed_models_train_and_evaluate(tmp_path, random_dataset, config_file, size):
     """RetinaNet over the DSSD decoder, and SSD over Detectron2's FPN, through the trainer."""
     torch.manual_seed(0)
-    cfg = tiny_cfg(config_file)
+    cfg = tiny_resnet_cfg(config_file)
     cfg.INPUT.FIXED_SIZE = size
     trainer = _train(cfg, str(tmp_path), random_dataset)
     assert trainer.iter == cfg.SOLVER.MAX_ITER

@@ -8,7 +8,7 @@ import torch
 
 from dssd_d2.engine import SSDPredictor, SSDTrainer
 
-from conftest import register_random_dataset, tiny_ssd300_cfg, train_and_track
+from helpers import register_random_dataset, tiny_ssd300_cfg, train_and_track
 
 
 def test_train_and_evaluate_tiny_ssd(tmp_path):

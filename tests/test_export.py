@@ -14,7 +14,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 
-from dssd_d2.deploy import calibrate_batch_norms
+from dssd_d2.analysis import calibrate_batch_norms
 from dssd_d2.deploy.export import (
     OUTPUT_NAMES,
     export_onnx,
@@ -22,13 +22,19 @@ from dssd_d2.deploy.export import (
     outputs_to_instances,
 )
 
-from conftest import ROOT, random_image, tiny_ssd300_cfg
-from test_dsod import tiny_dsod_cfg
-from test_dssd import DSSD321, tiny_cfg
+from helpers import (
+    DSSD321,
+    ROOT,
+    TINY_SSD300_OPTS,
+    random_image,
+    tiny_dsod_cfg,
+    tiny_resnet_cfg,
+    tiny_ssd300_cfg,
+)
 
 FAMILIES = {
     "ssd300": tiny_ssd300_cfg,
-    "dssd321": lambda: tiny_cfg(DSSD321),
+    "dssd321": lambda: tiny_resnet_cfg(DSSD321),
     "dsod300": tiny_dsod_cfg,
 }
 
@@ -107,18 +113,8 @@ def test_onnx_round_trip_in_onnxruntime(family, tmp_path):
     assert_same_detections(actual, expected)
 
 
-TINY_SSD300_OPTS = [
-    "MODEL.WEIGHTS",
-    "",
-    "MODEL.VGG.CONV_DIMS",
-    "[4, 8, 8, 16, 16]",
-    "MODEL.VGG.FC_DIM",
-    "16",
-    "MODEL.SSD_EXTRAS.CONV_DIMS",
-    "[[8, 16], [8, 16], [8, 16], [8, 16]]",
-    "MODEL.VGG.NORM",
-    "BN",
-]
+# The tools get the tiny SSD300 with BatchNorm (something to fold) and no weights file.
+TOOL_OPTS = ["MODEL.WEIGHTS", "", *TINY_SSD300_OPTS, "MODEL.VGG.NORM", "BN"]
 
 
 def run_tool(name, *args):
@@ -133,7 +129,7 @@ def test_export_tool_writes_torchscript(tmp_path):
     output = tmp_path / "ssd.ts"
     config = os.path.join(ROOT, "configs", "Base-SSD.yaml")
     stdout = run_tool(
-        "export_model.py", "--config-file", config, "--output", str(output), *TINY_SSD300_OPTS
+        "export_model.py", "--config-file", config, "--output", str(output), *TOOL_OPTS
     )
     assert "sorted scores differ" in stdout
     assert output.exists()
@@ -147,7 +143,7 @@ def test_benchmark_tool_writes_every_figure(tmp_path):
     args = ["--configs", config, "--modes", "eager", "folded", "fast", "--iters", "1"]
     args += ["--batch", "2", "--batch-iters", "1", "--train-batch", "2", "--train-iters", "1"]
     args += ["--no-flops", "--threads", "1", "--output", str(output)]
-    stdout = run_tool("benchmark.py", *args, *TINY_SSD300_OPTS)
+    stdout = run_tool("benchmark.py", *args, *TOOL_OPTS)
     assert "| fast |" in stdout
     (result,) = json.loads(output.read_text())["results"]
     assert set(result["latency"]) == {"eager", "folded", "fast"}

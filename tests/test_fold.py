@@ -14,9 +14,15 @@ import dssd_d2
 from dssd_d2.deploy import count_batch_norms, fold_batch_norm, fold_conv_bn, optimize_for_inference
 from dssd_d2.modeling.backbone.dsod import PreActConv
 
-from conftest import make_cfg, random_image, tiny_ssd300_cfg
-from test_dsod import DSOD300, tiny_dsod_cfg
-from test_dssd import DSSD321, tiny_cfg
+from helpers import (
+    DSOD300,
+    DSSD321,
+    make_cfg,
+    random_image,
+    tiny_dsod_cfg,
+    tiny_resnet_cfg,
+    tiny_ssd300_cfg,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -87,6 +93,34 @@ def test_fold_detectron2_conv_with_frozen_bn_and_activation():
         assert_close(folded(x), expected)
 
 
+class ConvThenNormed(nn.Module):
+    """A conv whose output feeds a BN-ReLU-conv unit, through a custom forward; with
+    ``reuse`` the conv output is also added to the result, so its BN cannot be folded."""
+
+    def __init__(self, reuse: bool):
+        super().__init__()
+        self.reuse = reuse
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.unit = nn.Sequential(nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 6, 1))
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.unit(y) + y if self.reuse else self.unit(y)
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_fold_follows_the_forward_of_any_module(reuse):
+    """Folding reads the data flow (torch.fx), not a list of known module types."""
+    torch.manual_seed(0)
+    module = randomize_batch_norms(ConvThenNormed(reuse)).eval()
+    x = torch.randn(1, 4, 9, 9)
+    with torch.no_grad():
+        expected = module(x)
+        folded = fold_batch_norm(copy.deepcopy(module))
+        assert_close(folded(x), expected)
+    assert count_batch_norms(folded) == (1 if reuse else 0)
+
+
 def test_top_level_export():
     assert dssd_d2.fold_batch_norm is fold_batch_norm
 
@@ -94,7 +128,7 @@ def test_top_level_export():
 @pytest.mark.parametrize("prediction_module", ["residual_projection", "two_residual_projection"])
 def test_fold_shrunk_dssd(prediction_module):
     torch.manual_seed(0)
-    cfg = tiny_cfg(DSSD321)
+    cfg = tiny_resnet_cfg(DSSD321)
     cfg.MODEL.SSD.FREEZE = ["backbone.bottom_up"]  # FrozenBatchNorm2d in the bottom-up part
     cfg.MODEL.SSD_HEAD.PREDICTION_MODULE = prediction_module
     model = build_model(cfg)

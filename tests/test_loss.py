@@ -9,7 +9,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import tiny_ssd300_cfg, training_input
+from helpers import tiny_ssd300_cfg, training_input
 
 
 def _model():

@@ -9,7 +9,7 @@ from detectron2.modeling import build_model
 
 from dssd_d2.modeling import SSDAnchorGenerator
 
-from conftest import make_cfg
+from helpers import make_cfg
 
 
 def _maps_and_priors(config_file):

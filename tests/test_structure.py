@@ -7,7 +7,7 @@ import pytest
 
 from detectron2.modeling import build_model
 
-from conftest import CONFIGS, make_cfg
+from helpers import CONFIGS, make_cfg
 
 
 def _params(cfg):

@@ -12,7 +12,7 @@ import pytest
 
 from dssd_d2.visualization import plot_training_curves, read_metrics
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_demo_annotates_files_folders_and_globs(tmp_path):

@@ -11,7 +11,7 @@ from detectron2.structures import BoxMode
 from dssd_d2.data import PhotometricDistortion, RandomExpand, SSDDatasetMapper
 from dssd_d2.data.transforms import SSDMinIoURandomCrop, build_ssd_augmentation
 
-from conftest import make_cfg
+from helpers import make_cfg
 
 
 def _image_and_boxes(seed, h=120, w=160):

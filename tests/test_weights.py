@@ -9,7 +9,7 @@ import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from conftest import ROOT, make_cfg
+from helpers import ROOT, make_cfg
 
 
 def test_converted_vgg16_loads_into_ssd300(tmp_path):

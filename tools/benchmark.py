@@ -4,7 +4,7 @@
     python tools/benchmark.py --configs configs/PascalVOC-Detection/{ssd300_vgg16,dssd321_R_101,dsod300}.yaml \
         [--threads 2] [--iters 5] [--batch 4] [--output benchmark.json] [KEY VALUE ...]
 
-Per config: parameters, GFLOPs and default boxes (tools/model_stats.py), then for each mode the
+Per config: parameters, GFLOPs and default boxes (dssd_d2.analysis, as tools/model_stats.py), then for each mode the
 median latency of one image split into preprocessing, network and post-processing, images/s at
 --batch, and the peak memory allocated during one inference; then training images/s (forward,
 backward and SGD step, eager fp32). Modes, measured interleaved (mode after mode, repeatedly) so
@@ -18,16 +18,14 @@ that a busy machine slows all of them alike:
   VGG16 configs only.
 
 Random weights unless MODEL.WEIGHTS is given; BatchNorm statistics then come from one batch of
-random images (dssd_d2.deploy.calibrate_batch_norms). Random weights make every class score
+random images (dssd_d2.analysis.calibrate_batch_norms). Random weights make every class score
 pass the 0.01 threshold, so post-processing sees its worst case (400 candidates per class).
 """
 
 import argparse
 import copy
 import json
-import os
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -41,16 +39,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import dssd_d2
-from dssd_d2.deploy import (
-    bf16_autocast,
-    calibrate_batch_norms,
-    count_batch_norms,
-    fold_batch_norm,
-    optimize_for_inference,
-)
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_stats import count_gflops, model_stats  # noqa: E402  (tools/ is not a package)
+from dssd_d2.analysis import calibrate_batch_norms, count_gflops, model_stats
+from dssd_d2.deploy import bf16_autocast, count_batch_norms, fold_batch_norm, optimize_for_inference
 
 MODES = ("eager", "folded", "fast", "fast-bf16", "torchvision")
 

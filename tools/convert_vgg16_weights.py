@@ -18,21 +18,30 @@ import pickle
 
 import torch
 
-# Indices of the 13 convolutions in torchvision's vgg16().features.
-_FEATURE_CONVS = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
-_CONV_NAMES = [
-    f"conv{s}_{i}" for s, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)
-]
+from dssd_d2.modeling.backbone.vgg import VGG16_CONV_NAMES
+
+
+def torchvision_conv_indices():
+    """{our conv name: its index in torchvision's ``vgg16().features``}, where each stage is
+    (conv, ReLU) per conv followed by one max-pool."""
+    indices, index = {}, 0
+    for names in VGG16_CONV_NAMES:
+        for name in names:
+            indices[name] = index
+            index += 2
+        index += 1
+    return indices
 
 
 def convert(state_dict, prefix="backbone."):
     """torchvision VGG16 state dict -> {our key: numpy array}."""
-    expected = [f"features.{i}.weight" for i in _FEATURE_CONVS] + ["classifier.0.weight"]
+    convs = torchvision_conv_indices()
+    expected = [f"features.{i}.weight" for i in convs.values()] + ["classifier.0.weight"]
     missing = [k for k in expected if k not in state_dict]
     if missing:
         raise KeyError(f"not a torchvision VGG16 state dict: missing {missing[:3]}")
     out = {}
-    for index, name in zip(_FEATURE_CONVS, _CONV_NAMES):
+    for name, index in convs.items():
         out[f"{prefix}{name}.weight"] = state_dict[f"features.{index}.weight"]
         out[f"{prefix}{name}.bias"] = state_dict[f"features.{index}.bias"]
     fc6 = state_dict["classifier.0.weight"].view(4096, 512, 7, 7)

@@ -21,7 +21,7 @@ from detectron2.export import dump_torchscript_IR
 from detectron2.modeling import build_model
 
 import dssd_d2
-from dssd_d2.deploy import calibrate_batch_norms
+from dssd_d2.analysis import calibrate_batch_norms
 from dssd_d2.deploy.export import export_onnx, export_torchscript, outputs_to_instances
 
 

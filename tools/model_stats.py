@@ -12,50 +12,8 @@ computed from shapes only (the backbone runs on the meta device). Weights are ne
 
 import argparse
 
-import torch
-from fvcore.nn import parameter_count
-
-from detectron2.modeling import build_model
-from detectron2.utils.analysis import FlopCountAnalysis
-
 import dssd_d2
-from dssd_d2.modeling.backbone.layers import feature_sizes
-
-
-def model_stats(cfg, flops: bool = True):
-    """dict with params, backbone_params, gflops (None unless ``flops``), default_boxes,
-    boxes_per_location and map_sizes."""
-    if cfg.MODEL.SSD.FREEZE:
-        # Freezing turns BatchNorm's scale and shift into buffers; count the architecture.
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.SSD.FREEZE = []
-    model = build_model(cfg).eval()
-    size = cfg.INPUT.FIXED_SIZE
-    sizes = feature_sizes(model.backbone, (size, size), len(cfg.MODEL.PIXEL_MEAN))
-    map_sizes = [sizes[f] for f in model.head_in_features]
-    per_location = model.anchor_generator.num_cell_anchors
-    params = parameter_count(model)
-    stats = {
-        "params": params[""],
-        "backbone_params": params["backbone"],
-        "default_boxes": sum(a * h * w for a, (h, w) in zip(per_location, map_sizes)),
-        "map_sizes": map_sizes,
-        "boxes_per_location": per_location,
-        "gflops": None,
-    }
-    if flops:
-        stats["gflops"] = count_gflops(model, size)
-    return stats
-
-
-def count_gflops(model, size: int) -> float:
-    """GFLOPs of one zero image of ``size`` x ``size`` through ``model`` in inference mode."""
-    image = torch.zeros(model.pixel_mean.shape[0], size, size, device=model.device)
-    with torch.no_grad():
-        analysis = FlopCountAnalysis(model.eval(), [{"image": image}])
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return analysis.total() / 1e9
+from dssd_d2.analysis import model_stats
 
 
 def main():

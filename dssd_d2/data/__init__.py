@@ -1,8 +1,19 @@
 """Data: SSD augmentations, the box-aware mapper and builtin datasets (BCCD and the generated
 digits, registered on import)."""
 
-from . import builtin, digits  # noqa: F401  (register datasets)
+from . import builtin  # noqa: F401  (registers the built-in datasets)
 from .dataset_mapper import SSDDatasetMapper
-from .transforms import PhotometricDistortion, RandomExpand, build_ssd_augmentation
+from .transforms import (
+    PhotometricDistortion,
+    RandomExpand,
+    build_ssd_augmentation,
+    ssd_augmentations,
+)
 
-__all__ = ["SSDDatasetMapper", "PhotometricDistortion", "RandomExpand", "build_ssd_augmentation"]
+__all__ = [
+    "SSDDatasetMapper",
+    "PhotometricDistortion",
+    "RandomExpand",
+    "build_ssd_augmentation",
+    "ssd_augmentations",
+]

@@ -1,4 +1,6 @@
-"""Builtin datasets: BCCD (blood cells, Pascal VOC 2007 layout) under $DETECTRON2_DATASETS."""
+"""Built-in datasets, all registered here on import (like ``detectron2/data/datasets/builtin.py``):
+BCCD (blood cells, Pascal VOC 2007 layout) when ``$DETECTRON2_DATASETS/BCCD`` exists, and the
+generated digits (``data/digits.py``), always."""
 
 import functools
 import logging
@@ -6,6 +8,8 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.pascal_voc import load_voc_instances
+
+from .digits import register_digits
 
 __all__ = ["BCCD_CLASSES", "load_bccd_instances", "register_bccd", "register_all_bccd"]
 
@@ -63,3 +67,4 @@ def register_all_bccd(datasets_root: str):
 
 
 register_all_bccd(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
+register_digits()

@@ -1,12 +1,13 @@
 """A detection dataset that needs no download: scikit-learn's real handwritten digits pasted at
 random scales and positions on coloured canvases, 10 classes, in COCO format.
 
-It is generated once per split, deterministically, into ``digits_root()`` and registered as
-``digits_train`` and ``digits_val`` with COCO metadata, so Detectron2's COCOEvaluator works on it
+It is generated once per split, deterministically, into ``digits_root()`` and registered (by
+``data/builtin.py``, on import) as ``digits_train`` and ``digits_val`` with COCO metadata, so Detectron2's COCOEvaluator works on it
 unchanged. The two splits draw from disjoint halves of scikit-learn's 1797 digits, so validation
 digits are never seen in training.
 """
 
+import functools
 import json
 import logging
 import os
@@ -186,9 +187,11 @@ def generate_digits_split(root: str, split_name: str) -> str:
     return json_file
 
 
-def _load_digits(root: str, split_name: str):
+def _load_digits(root: str, split_name: str, dataset_name: str):
+    """The split's records; ``dataset_name`` is the registered name, on whose metadata
+    load_coco_json sets the category-id mapping that COCO evaluation reads back."""
     json_file = generate_digits_split(root, split_name)
-    return load_coco_json(json_file, os.path.join(root, split_name), f"digits_{split_name}")
+    return load_coco_json(json_file, os.path.join(root, split_name), dataset_name)
 
 
 def register_digits(root: Optional[str] = None, prefix: str = "digits"):
@@ -198,13 +201,10 @@ def register_digits(root: Optional[str] = None, prefix: str = "digits"):
         name = f"{prefix}_{split_name}"
         if name in DatasetCatalog.list():
             continue
-        DatasetCatalog.register(name, lambda split_name=split_name: _load_digits(root, split_name))
+        DatasetCatalog.register(name, functools.partial(_load_digits, root, split_name, name))
         MetadataCatalog.get(name).set(
             thing_classes=list(DIGITS_CLASSES),
             json_file=os.path.join(root, f"{split_name}.json"),
             image_root=os.path.join(root, split_name),
             evaluator_type="coco",
         )
-
-
-register_digits()

@@ -6,7 +6,7 @@ canvas with the pixel mean.
 """
 
 import random
-from typing import Sequence
+from typing import List, Sequence
 
 import cv2
 import numpy as np
@@ -21,6 +21,7 @@ __all__ = [
     "MeanFillPadTransform",
     "SSDMinIoURandomCrop",
     "build_ssd_augmentation",
+    "ssd_augmentations",
 ]
 
 
@@ -153,29 +154,61 @@ class SSDMinIoURandomCrop(T.MinIoURandomCrop):
         return T.NoOpTransform()
 
 
-def build_ssd_augmentation(cfg, is_train: bool):
-    """Training: distortion, zoom-out, min-IoU crop, resize to the square, flip. Test: resize."""
-    size = cfg.INPUT.FIXED_SIZE
-    resize = T.Resize((size, size))
+def ssd_augmentations(
+    image_size: int,
+    is_train: bool,
+    *,
+    photometric: bool = True,
+    expand_ratio: float = 4.0,
+    expand_prob: float = 0.5,
+    expand_fill: Sequence[float] = (0.0, 0.0, 0.0),
+    min_iou_crop: bool = True,
+    min_ious: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    min_crop_size: float = 0.3,
+    random_flip: str = "horizontal",
+) -> List[T.Augmentation]:
+    """Training: distortion, zoom-out, min-IoU crop, resize to the square, flip. Test: resize.
+
+    The keyword form of :func:`build_ssd_augmentation`, for LazyConfig (``LazyCall``); the
+    arguments are the INPUT.SSD_AUG keys, ``expand_fill`` the pixel mean.
+    """
+    resize = T.Resize((image_size, image_size))
     if not is_train:
         return [resize]
-    aug_cfg = cfg.INPUT.SSD_AUG
     augs = []
-    if aug_cfg.PHOTOMETRIC:
+    if photometric:
         augs.append(PhotometricDistortion())
-    if aug_cfg.EXPAND_RATIO > 1.0:
-        fill = cfg.MODEL.PIXEL_MEAN
-        if len(fill) != 3:
-            raise ValueError(f"MODEL.PIXEL_MEAN must have 3 values for RandomExpand, got {fill}")
-        augs.append(RandomExpand(aug_cfg.EXPAND_RATIO, aug_cfg.EXPAND_PROB, fill))
-    if aug_cfg.MIN_IOU_CROP:
-        augs.append(SSDMinIoURandomCrop(tuple(aug_cfg.MIN_IOUS), aug_cfg.MIN_CROP_SIZE))
+    if expand_ratio > 1.0:
+        if len(expand_fill) != 3:
+            raise ValueError(
+                f"MODEL.PIXEL_MEAN must have 3 values for RandomExpand, got {expand_fill}"
+            )
+        augs.append(RandomExpand(expand_ratio, expand_prob, expand_fill))
+    if min_iou_crop:
+        augs.append(SSDMinIoURandomCrop(tuple(min_ious), min_crop_size))
     augs.append(resize)
-    if cfg.INPUT.RANDOM_FLIP == "horizontal":
+    if random_flip == "horizontal":
         augs.append(T.RandomFlip(horizontal=True, vertical=False))
-    elif cfg.INPUT.RANDOM_FLIP != "none":
+    elif random_flip != "none":
         raise ValueError(
-            f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none' for SSD, got "
-            f"{cfg.INPUT.RANDOM_FLIP!r}"
+            f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none' for SSD, got {random_flip!r}"
         )
     return augs
+
+
+def build_ssd_augmentation(cfg, is_train: bool):
+    """:func:`ssd_augmentations` from INPUT.FIXED_SIZE, INPUT.SSD_AUG, INPUT.RANDOM_FLIP and
+    MODEL.PIXEL_MEAN."""
+    aug_cfg = cfg.INPUT.SSD_AUG
+    return ssd_augmentations(
+        cfg.INPUT.FIXED_SIZE,
+        is_train,
+        photometric=aug_cfg.PHOTOMETRIC,
+        expand_ratio=aug_cfg.EXPAND_RATIO,
+        expand_prob=aug_cfg.EXPAND_PROB,
+        expand_fill=cfg.MODEL.PIXEL_MEAN,
+        min_iou_crop=aug_cfg.MIN_IOU_CROP,
+        min_ious=aug_cfg.MIN_IOUS,
+        min_crop_size=aug_cfg.MIN_CROP_SIZE,
+        random_flip=cfg.INPUT.RANDOM_FLIP,
+    )

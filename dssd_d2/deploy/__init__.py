@@ -1,10 +1,9 @@
 """Deployment: BatchNorm folding, TorchScript and ONNX export of SSD-family models."""
 
-from .fold import calibrate_batch_norms, count_batch_norms, fold_batch_norm, fold_conv_bn
+from .fold import count_batch_norms, fold_batch_norm, fold_conv_bn
 from .optimize import bf16_autocast, optimize_for_inference
 
 __all__ = [
-    "calibrate_batch_norms",
     "bf16_autocast",
     "count_batch_norms",
     "fold_batch_norm",

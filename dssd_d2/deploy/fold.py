@@ -10,54 +10,49 @@ straight from a convolution (DSOD's pre-activation BN-ReLU-conv over a concatena
 after an activation) cannot be folded and is left as it is.
 """
 
-import itertools
 import logging
+from collections import Counter
 from collections.abc import Iterator
 
 import torch
-from torch import nn
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from detectron2.layers import FrozenBatchNorm2d
 
-from ..modeling.backbone.dsod import DenseLayer
-
-__all__ = ["calibrate_batch_norms", "count_batch_norms", "fold_batch_norm", "fold_conv_bn"]
+__all__ = ["count_batch_norms", "fold_batch_norm", "fold_conv_bn"]
 
 logger = logging.getLogger(__name__)
 
 BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
 
-# Modules whose forward feeds child ``first``'s output only into child ``second``, like two
-# consecutive entries of an nn.Sequential: first's last conv may absorb second's first BN.
-_CHAINED_CHILDREN: dict[type[nn.Module], tuple[str, str]] = {DenseLayer: ("bottleneck", "conv")}
-
-
-def _scale_and_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eval-mode BatchNorm as ``x * scale + shift`` (per channel, float64 for accuracy)."""
-    if bn.running_mean is None:
-        raise ValueError(f"{bn} has no running statistics (track_running_stats=False)")
-    mean, var = bn.running_mean.double(), bn.running_var.double()
-    weight = torch.ones_like(mean) if bn.weight is None else bn.weight.double()
-    bias = torch.zeros_like(mean) if bn.bias is None else bn.bias.double()
-    scale = weight / torch.sqrt(var + bn.eps)
-    return scale, bias - mean * scale
-
 
 @torch.no_grad()
 def fold_conv_bn(conv: nn.Module, bn: nn.Module):
-    """Merge eval-mode ``bn`` into ``conv`` (nn.Conv2d or nn.ConvTranspose2d), in place."""
-    scale, shift = _scale_and_shift(bn)
+    """Merge eval-mode ``bn`` into ``conv`` (nn.Conv2d or nn.ConvTranspose2d), in place, with
+    PyTorch's ``fuse_conv_bn_weights`` computed in float64 for accuracy."""
+    if bn.running_mean is None:
+        raise ValueError(f"{bn} has no running statistics (track_running_stats=False)")
+    transposed = isinstance(conv, nn.ConvTranspose2d)
     weight = conv.weight.double()
-    if isinstance(conv, nn.ConvTranspose2d):  # (in, out / groups, kh, kw)
-        in_channels, out_per_group = weight.shape[:2]
-        grouped = weight.view(conv.groups, in_channels // conv.groups, out_per_group, -1)
-        weight = grouped * scale.view(conv.groups, 1, out_per_group, 1)
-    else:  # (out, in / groups, kh, kw)
-        weight = weight * scale.view(-1, 1, 1, 1)
-    bias = shift if conv.bias is None else conv.bias.double() * scale + shift
-    dtype = conv.weight.dtype
-    conv.weight = nn.Parameter(weight.view_as(conv.weight).to(dtype), conv.weight.requires_grad)
-    conv.bias = nn.Parameter(bias.to(dtype), conv.weight.requires_grad)
+    groups = conv.groups if transposed else 1
+    if groups > 1:  # (in, out / groups, kh, kw) -> (in / groups, out, kh, kw): outputs on dim 1
+        weight = weight.unflatten(0, (groups, -1)).transpose(0, 1).flatten(1, 2)
+    weight, bias = fuse_conv_bn_weights(
+        weight,
+        None if conv.bias is None else conv.bias.double(),
+        bn.running_mean.double(),
+        bn.running_var.double(),
+        bn.eps,
+        None if bn.weight is None else bn.weight.double(),
+        None if bn.bias is None else bn.bias.double(),
+        transpose=transposed,
+    )
+    if groups > 1:
+        weight = weight.unflatten(1, (groups, -1)).transpose(0, 1).flatten(0, 1)
+    dtype, trainable = conv.weight.dtype, conv.weight.requires_grad
+    conv.weight = nn.Parameter(weight.to(dtype).contiguous(), trainable)
+    conv.bias = nn.Parameter(bias.to(dtype), trainable)
 
 
 def _is_plain_conv(module: nn.Module) -> bool:
@@ -83,15 +78,44 @@ def _first_leaf(module: nn.Module) -> tuple[nn.Module, nn.Sequential | None]:
     return module, parent
 
 
+class _ChildrenAsLeaves(fx.Tracer):
+    """Traces one module's own forward: every submodule it calls stays a single node."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return True
+
+
 def _chained_pairs(module: nn.Module) -> Iterator[tuple[nn.Module, nn.Module, str]]:
-    """(producer, consumer, consumer's name in ``module``) for children run one after another."""
-    if isinstance(module, nn.Sequential):
-        names = list(module._modules)
-        for first, second in itertools.pairwise(names):
-            yield module._modules[first], module._modules[second], second
-    elif type(module) in _CHAINED_CHILDREN:
-        first, second = _CHAINED_CHILDREN[type(module)]
-        yield getattr(module, first), getattr(module, second), second
+    """(producer, consumer, consumer's name in ``module``) for submodules that ``module``'s
+    forward runs one after the other: the consumer's only input is the producer's output and
+    nothing else reads that output (consecutive entries of an nn.Sequential, DSOD's
+    bottleneck-then-3x3 dense layer, ...).
+
+    Found by tracing the forward with torch.fx, one level deep, when the module has a child
+    ending in a convolution and one starting with a BatchNorm. A forward that symbolic tracing
+    cannot follow (control flow on tensor values, iteration over inputs) gives no pairs; the
+    modules it calls are still visited on their own.
+    """
+    children = list(module.children())
+    producers = any(_is_plain_conv(_last_leaf(child)) for child in children)
+    if not producers or not any(isinstance(_first_leaf(c)[0], BATCH_NORMS) for c in children):
+        return  # nothing to fold here: skip tracing, which is the slow part
+    try:
+        graph = _ChildrenAsLeaves().trace(module)
+    except Exception:  # fx raises TraceError, TypeError, ... on code it cannot follow
+        return
+    calls = [node for node in graph.nodes if node.op == "call_module"]
+    times_called = Counter(node.target for node in calls)
+    for node in calls:
+        producer = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if (
+            isinstance(producer, fx.Node)
+            and producer.op == "call_module"
+            and len(producer.users) == 1
+            and times_called[producer.target] == times_called[node.target] == 1
+        ):
+            consumer = module.get_submodule(node.target)
+            yield module.get_submodule(producer.target), consumer, node.target
 
 
 def count_batch_norms(model: nn.Module) -> int:
@@ -106,8 +130,9 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     For inference only: folding uses the running statistics, which is what eval mode computes,
     and the folded model no longer has the BatchNorm layers to train. Two places are recognised:
     Detectron2's ``Conv2d(..., norm=BN)`` (ResNet, FPN, DSSD, our heads and extra layers) and a
-    convolution followed by a BatchNorm in an ``nn.Sequential`` (also across nested Sequentials
-    and DSOD's bottleneck-then-3x3 dense layers). Folded BatchNorms become ``nn.Identity``.
+    module ending in a convolution whose output only feeds a module starting with a BatchNorm
+    (consecutive entries of an ``nn.Sequential``, also nested, DSOD's dense layers: see
+    :func:`_chained_pairs`). Folded BatchNorms become ``nn.Identity``.
     """
     model.eval()
     before = count_batch_norms(model)
@@ -122,31 +147,10 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
             if _is_plain_conv(conv) and isinstance(bn, BATCH_NORMS):
                 fold_conv_bn(conv, bn)
                 if bn_parent is None:
-                    setattr(module, name, nn.Identity())
+                    parent, _, attribute = name.rpartition(".")
+                    setattr(module.get_submodule(parent), attribute, nn.Identity())
                 else:
                     bn_parent[0] = nn.Identity()
     after = count_batch_norms(model)
     logger.info(f"Folded {before - after} of {before} BatchNorm layers into convolutions.")
     return model
-
-
-@torch.no_grad()
-def calibrate_batch_norms(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """Set the running statistics of every trainable BatchNorm of an SSD-family model to those of
-    ``images`` (N, C, H, W, before normalisation), then put it in eval mode.
-
-    For models with random weights (tests, benchmarks): fresh statistics (mean 0, variance 1)
-    let activations grow layer after layer, up to inf through DSSD's products, whereas a
-    trained model's BatchNorms keep them near unit scale.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: one batch gives exactly its statistics
-    model.train()
-    features = model.backbone((images - model.pixel_mean) / model.pixel_std)
-    model.head([features[f] for f in model.head_in_features])
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    return model.eval()

@@ -19,8 +19,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from .layers import L2Norm
-from .vgg import xavier_init
+from .layers import L2Norm, xavier_init
 
 __all__ = [
     "DSOD",

@@ -11,6 +11,15 @@ from torch.nn import functional as F
 from detectron2.modeling import Backbone
 
 
+def xavier_init(module: nn.Module):
+    """Xavier-uniform weights, zero biases for every conv: SSD's and DSOD's init of new layers."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class L2Norm(nn.Module):
     """Channel-wise L2 normalisation with a learned per-channel scale (ParseNet).
 

@@ -10,20 +10,16 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from .layers import L2Norm, extra_level_settings
+from .layers import L2Norm, extra_level_settings, xavier_init
 
-__all__ = ["VGGSSD", "build_vgg_ssd_backbone", "ExtraLayers"]
+__all__ = ["VGGSSD", "build_vgg_ssd_backbone", "ExtraLayers", "VGG16_CONV_NAMES"]
 
-_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
-
-
-def xavier_init(module: nn.Module):
-    """Xavier-uniform weights, zero biases for every conv: SSD's and DSOD's init of new layers."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+# VGG16's 13 convolutions by stage (a 2x2 max-pool between stages). Our modules keep these
+# names, so ImageNet weights load by name (tools/convert_vgg16_weights.py maps them).
+VGG16_CONV_NAMES = tuple(
+    tuple(f"conv{stage}_{i}" for i in range(1, num_convs + 1))
+    for stage, num_convs in enumerate((2, 2, 3, 3, 3), start=1)
+)
 
 
 class ExtraLayers(nn.Module):
@@ -97,9 +93,8 @@ class VGGSSD(Backbone):
         out_features: Sequence[str] = (),
     ):
         super().__init__()
-        self._stage_convs: List[List[str]] = []
-        for stage, (num_convs, dim) in enumerate(zip(_CONVS_PER_STAGE, conv_dims), start=1):
-            names = [f"conv{stage}_{i}" for i in range(1, num_convs + 1)]
+        self._stage_convs: List[Sequence[str]] = []
+        for names, dim in zip(VGG16_CONV_NAMES, conv_dims):
             for name in names:
                 conv = Conv2d(
                     in_channels, dim, 3, padding=1, bias=not norm, norm=get_norm(norm, dim)

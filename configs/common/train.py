@@ -1,0 +1,18 @@
+"""Optimizer and training loop settings shared by the LazyConfigs (tools/lazyconfig_train_net.py).
+
+Detectron2's own ``common/train.py`` and ``common/optim.py`` (SGD, no weight decay on norms),
+with SSD's momentum and weight decay, evaluation at the end only (TEST.EVAL_PERIOD 0, as the
+YAML configs), and one dssd_d2 key: ``train.accumulation_steps`` (SOLVER.ACCUMULATION_STEPS,
+default 1), micro-batches per optimizer step.
+"""
+
+from detectron2.model_zoo import get_config
+
+optimizer = get_config("common/optim.py").SGD
+optimizer.lr = 0.001
+optimizer.momentum = 0.9
+optimizer.weight_decay = 0.0005
+
+train = get_config("common/train.py").train
+train.eval_period = 0
+train.accumulation_steps = 1

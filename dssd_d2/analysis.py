@@ -1,0 +1,80 @@
+"""Measuring models: size, cost and prior count (tools/model_stats.py, tools/benchmark.py, the
+tests), and BatchNorm statistics for models with random weights (benchmarks, export tests)."""
+
+import torch
+from fvcore.nn import parameter_count
+from torch import nn
+
+from detectron2.modeling import build_model
+from detectron2.utils.analysis import FlopCountAnalysis
+
+from .modeling.backbone.layers import feature_sizes
+
+__all__ = ["calibrate_batch_norms", "count_gflops", "default_boxes", "model_stats"]
+
+
+def model_stats(cfg, flops: bool = True):
+    """dict with params, backbone_params, gflops (None unless ``flops``), default_boxes,
+    boxes_per_location and map_sizes."""
+    if cfg.MODEL.SSD.FREEZE:
+        # Freezing turns BatchNorm's scale and shift into buffers; count the architecture.
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.SSD.FREEZE = []
+    model = build_model(cfg).eval()
+    size = cfg.INPUT.FIXED_SIZE
+    params = parameter_count(model)
+    stats = {
+        "params": params[""],
+        "backbone_params": params["backbone"],
+        **default_boxes(model, size),
+        "gflops": None,
+    }
+    if flops:
+        stats["gflops"] = count_gflops(model, size)
+    return stats
+
+
+def default_boxes(model, image_size: int):
+    """dict with default_boxes (the prior count), map_sizes and boxes_per_location of an
+    SSD-family model at a square ``image_size``, from shapes only."""
+    channels = model.pixel_mean.shape[0]
+    sizes = feature_sizes(model.backbone, (image_size, image_size), channels)
+    map_sizes = [sizes[f] for f in model.head_in_features]
+    per_location = model.anchor_generator.num_cell_anchors
+    return {
+        "default_boxes": sum(a * h * w for a, (h, w) in zip(per_location, map_sizes)),
+        "map_sizes": map_sizes,
+        "boxes_per_location": per_location,
+    }
+
+
+def count_gflops(model, size: int) -> float:
+    """GFLOPs of one zero image of ``size`` x ``size`` through ``model`` in inference mode."""
+    image = torch.zeros(model.pixel_mean.shape[0], size, size, device=model.device)
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(model.eval(), [{"image": image}])
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return analysis.total() / 1e9
+
+
+@torch.no_grad()
+def calibrate_batch_norms(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Set the running statistics of every trainable BatchNorm of an SSD-family model to those of
+    ``images`` (N, C, H, W, before normalisation), then put it in eval mode.
+
+    For models with random weights (tests, benchmarks): fresh statistics (mean 0, variance 1)
+    let activations grow layer after layer, up to inf through DSSD's products, whereas a
+    trained model's BatchNorms keep them near unit scale.
+    """
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm))]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one batch gives exactly its statistics
+    model.train()
+    features = model.backbone((images - model.pixel_mean) / model.pixel_std)
+    model.head([features[f] for f in model.head_in_features])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()

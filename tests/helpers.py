@@ -1,0 +1,289 @@
+"""Shared test helpers, the one module tests import from: config paths, CPU configs for
+full-size models and their tiny variants, random images and small registered datasets.
+
+Fixtures live in conftest.py; no test module imports another.
+"""
+
+import json
+import os
+from xml.etree import ElementTree as ET
+
+import cv2
+import numpy as np
+import torch
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import Boxes, BoxMode, Instances
+
+import dssd_d2
+from dssd_d2.engine import SSDTrainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+
+SSD300 = "PascalVOC-Detection/ssd300_vgg16.yaml"
+SSD321 = "PascalVOC-Detection/ssd321_R_101.yaml"
+SSD513 = "PascalVOC-Detection/ssd513_R_101.yaml"
+DSSD321 = "PascalVOC-Detection/dssd321_R_101.yaml"
+DSSD513 = "PascalVOC-Detection/dssd513_R_101.yaml"
+DSOD300 = "PascalVOC-Detection/dsod300.yaml"
+
+
+# ---------------------------------------------------------------- configs
+def make_cfg(config_file=None, opts=()):
+    """A CPU config: Detectron2 defaults + add_ssd_config + an optional file + KEY VALUE opts."""
+    cfg = dssd_d2.get_ssd_cfg(os.path.join(CONFIGS, config_file) if config_file else "", opts)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
+
+
+# SSD300's geometry (six maps, 8732 priors) with very narrow layers, as KEY VALUE overrides of
+# configs/Base-SSD.yaml (also for the tools' command lines).
+TINY_SSD300_OPTS = [
+    "MODEL.VGG.CONV_DIMS",
+    "[4, 8, 8, 16, 16]",
+    "MODEL.VGG.FC_DIM",
+    "16",
+    "MODEL.SSD_EXTRAS.CONV_DIMS",
+    "[[8, 16], [8, 16], [8, 16], [8, 16]]",
+]
+
+
+def tiny_ssd300_cfg(num_classes=3):
+    """SSD300's geometry (six maps, 8732 priors) with very narrow layers, for CPU training tests."""
+    cfg = make_cfg("Base-SSD.yaml", TINY_SSD300_OPTS)
+    cfg.MODEL.SSD.NUM_CLASSES = num_classes
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+def tiny_resnet_cfg(config_file, num_classes=3):
+    """A ResNet config's geometry (e.g. 321 input, all maps) with a narrow ResNet-50 and narrow
+    layers: SSD321/513, DSSD321/513 and the RetinaNet-over-DSSD config."""
+    cfg = make_cfg(config_file)
+    cfg.MODEL.RESNETS.DEPTH = 50
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 8
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 16
+    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 4
+    cfg.MODEL.SSD_EXTRAS.CONV_DIMS = [[8, 32]] * len(cfg.MODEL.SSD_EXTRAS.CONV_DIMS)
+    cfg.MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS = [8, 32]
+    cfg.MODEL.DSSD.OUT_CHANNELS = 16
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    cfg.MODEL.SSD.NUM_CLASSES = num_classes
+    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+def tiny_dsod_cfg(num_classes=3):
+    """DSOD300 with one narrow layer per dense block, at half the input size."""
+    cfg = make_cfg(DSOD300)
+    cfg.MODEL.DSOD.STEM_WIDTH = 4
+    cfg.MODEL.DSOD.BOTTLENECK_WIDTH = 8
+    cfg.MODEL.DSOD.GROWTH_RATE = 4
+    cfg.MODEL.DSOD.BLOCK_LAYERS = [1, 1, 1, 1]
+    cfg.MODEL.DSOD.TRANSITION_CHANNELS = [0, 0, 0, 8]
+    cfg.MODEL.DSOD.DENSE_HALF_CHANNELS = [8, 8, 4, 4, 4]
+    cfg.MODEL.SSD.NUM_CLASSES = num_classes
+    # Half of DSOD300's input: maps 19, 10, 5, 3, 2, 1 and SSD300's priors halved.
+    cfg.INPUT.FIXED_SIZE = 150
+    cfg.MODEL.ANCHOR_GENERATOR.MIN_SIZES = [15, 30, 55.5, 81, 106.5, 132]
+    cfg.MODEL.ANCHOR_GENERATOR.MAX_SIZES = [30, 55.5, 81, 106.5, 132, 157.5]
+    cfg.MODEL.ANCHOR_GENERATOR.STEPS = [8, 15, 30, 50, 75, 150]
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.SOLVER.ACCUMULATION_STEPS = 2
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.TEST.EVAL_PERIOD = 0
+    return cfg
+
+
+# ---------------------------------------------------------------- images and datasets
+def random_image(h, w, seed=0):
+    return torch.from_numpy(
+        np.random.RandomState(seed).randint(0, 256, (3, h, w)).astype("float32")
+    )
+
+
+def training_input(size, boxes, classes, seed=0):
+    """A model input dict for an image of ``size`` x ``size`` with the given XYXY boxes."""
+    instances = Instances((size, size))
+    instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+    return {"image": random_image(size, size, seed), "instances": instances}
+
+
+def register_random_dataset(
+    name,
+    folder,
+    *,
+    num_images=4,
+    size_range=(80, 200),
+    boxes_per_image=3,
+    min_box=10,
+    empty_last=False,
+):
+    """Register random images of varied sizes with random boxes (classes "a", "b", "c"), once;
+    with ``empty_last`` the last image has no boxes."""
+    if name in DatasetCatalog.list():
+        return name
+    rng = np.random.RandomState(0)
+    dicts = []
+    for i in range(num_images):
+        h, w = int(rng.randint(*size_range)), int(rng.randint(*size_range))
+        path = os.path.join(str(folder), f"{name}_{i}.png")
+        cv2.imwrite(path, rng.randint(0, 256, (h, w, 3)).astype(np.uint8))
+        annotations = []
+        for _ in range(0 if empty_last and i == num_images - 1 else boxes_per_image):
+            x0, y0 = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
+            x1, y1 = x0 + rng.uniform(min_box, w / 2), y0 + rng.uniform(min_box, h / 2)
+            annotations.append(
+                {
+                    "bbox": [x0, y0, x1, y1],
+                    "bbox_mode": BoxMode.XYXY_ABS,
+                    "category_id": int(rng.randint(3)),
+                }
+            )
+        dicts.append(
+            {"file_name": path, "image_id": i, "height": h, "width": w, "annotations": annotations}
+        )
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"])
+    return name
+
+
+def register_cells_dataset(name, folder, num_images=3, size=120):
+    """Bright discs on a dark background with their boxes, like a tiny cell image set."""
+    if name in DatasetCatalog.list():
+        return
+    rng = np.random.RandomState(0)
+    dicts = []
+    for i in range(num_images):
+        image = np.full((size, size, 3), 30, np.uint8)
+        annotations = []
+        for _ in range(3):
+            r = int(rng.randint(8, 25))
+            cx, cy = (int(v) for v in rng.randint(r, size - r, 2))
+            category = int(rng.randint(3))
+            colour = [(200, 60, 60), (60, 200, 60), (60, 60, 200)][category]
+            cv2.circle(image, (cx, cy), r, colour, -1)
+            annotations.append(
+                {
+                    "bbox": [cx - r, cy - r, cx + r, cy + r],
+                    "bbox_mode": BoxMode.XYXY_ABS,
+                    "category_id": category,
+                }
+            )
+        path = os.path.join(folder, f"{name}_{i}.png")
+        cv2.imwrite(path, image)
+        dicts.append(
+            {
+                "file_name": path,
+                "image_id": i,
+                "height": size,
+                "width": size,
+                "annotations": annotations,
+            }
+        )
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=["red", "green", "blue"])
+
+
+def random_objects(rng, num_images, num_classes, size=(60, 80)):
+    """Per image, 1 to 4 (class, [x0, y0, x1, y1]) with integer corners inside an (h, w)
+    image; every class occurs at least once."""
+    h, w = size
+    images = []
+    for i in range(num_images):
+        objects = []
+        for j in range(int(rng.randint(1, 5))):
+            x0, y0 = int(rng.randint(0, w - 20)), int(rng.randint(0, h - 20))
+            box = [x0, y0, x0 + int(rng.randint(8, 20)), y0 + int(rng.randint(8, 20))]
+            category = (i + j) % num_classes if i < num_classes else int(rng.randint(num_classes))
+            objects.append((category, box))
+        images.append(objects)
+    return images
+
+
+def write_coco_dataset(folder, category_ids, num_images=6, size=(60, 80)):
+    """Random images and a COCO json whose categories have the given (arbitrary) ids; returns
+    (json path, image folder)."""
+    rng = np.random.RandomState(0)
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    images, annotations = [], []
+    for i, objects in enumerate(random_objects(rng, num_images, len(category_ids), size)):
+        file_name = f"{i:04d}.png"
+        cv2.imwrite(os.path.join(folder, "images", file_name), rng.randint(0, 256, (*size, 3)))
+        images.append({"id": i + 1, "file_name": file_name, "height": size[0], "width": size[1]})
+        for category, (x0, y0, x1, y1) in objects:
+            box = [x0, y0, x1 - x0, y1 - y0]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "category_id": category_ids[category],
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": cid, "name": f"class{cid}"} for cid in category_ids]
+    json_file = os.path.join(folder, "instances.json")
+    with open(json_file, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return json_file, os.path.join(folder, "images")
+
+
+def write_voc_dataset(folder, class_names, split="test", num_images=6, size=(60, 80)):
+    """A Pascal VOC folder (Annotations/, ImageSets/Main/<split>.txt, JPEGImages/) of random
+    images; the last object of the first image is marked difficult."""
+    rng = np.random.RandomState(0)
+    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    ids = []
+    for i, objects in enumerate(random_objects(rng, num_images, len(class_names), size)):
+        fileid = f"{i:06d}"
+        ids.append(fileid)
+        cv2.imwrite(
+            os.path.join(folder, "JPEGImages", f"{fileid}.jpg"), rng.randint(0, 256, (*size, 3))
+        )
+        root = ET.Element("annotation")
+        ET.SubElement(root, "filename").text = f"{fileid}.jpg"
+        image_size = ET.SubElement(root, "size")
+        for key, value in (("width", size[1]), ("height", size[0]), ("depth", 3)):
+            ET.SubElement(image_size, key).text = str(value)
+        for j, (category, (x0, y0, x1, y1)) in enumerate(objects):
+            obj = ET.SubElement(root, "object")
+            difficult = int(i == 0 and j == len(objects) - 1)
+            fields = (
+                ("name", class_names[category]),
+                ("pose", "Unspecified"),
+                ("truncated", 0),
+                ("difficult", difficult),
+            )
+            for key, value in fields:
+                ET.SubElement(obj, key).text = str(value)
+            box = ET.SubElement(obj, "bndbox")
+            # VOC corners are 1-based inclusive pixel indices.
+            for key, value in zip(("xmin", "ymin", "xmax", "ymax"), (x0 + 1, y0 + 1, x1, y1)):
+                ET.SubElement(box, key).text = str(value)
+        ET.ElementTree(root).write(os.path.join(folder, "Annotations", f"{fileid}.xml"))
+    with open(os.path.join(folder, "ImageSets", "Main", f"{split}.txt"), "w") as f:
+        f.write("\n".join(ids) + "\n")
+
+
+# ---------------------------------------------------------------- training
+def train_and_track(cfg, output_dir):
+    """Train ``cfg`` with SSDTrainer from scratch; return the trainer and the weights that moved."""
+    cfg.OUTPUT_DIR = str(output_dir)
+    trainer = SSDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert trainer.iter == cfg.SOLVER.MAX_ITER
+    changed = {k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])}
+    return trainer, changed

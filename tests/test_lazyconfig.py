@@ -1,0 +1,100 @@
+"""The LazyConfig (Python) configs build the same models as their YAML twins, and a tiny
+variant trains and evaluates through tools/lazyconfig_train_net.py's flow."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from detectron2.config import LazyConfig, LazyCall as L, instantiate
+from detectron2.evaluation import COCOEvaluator
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+
+from dssd_d2.analysis import default_boxes
+
+from helpers import CONFIGS, ROOT, TINY_SSD300_OPTS, make_cfg, register_random_dataset
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TWINS = {
+    "PascalVOC-Detection/ssd300_vgg16.py": "PascalVOC-Detection/ssd300_vgg16.yaml",
+    "PascalVOC-Detection/dssd321_R_101.py": "PascalVOC-Detection/dssd321_R_101.yaml",
+    "PascalVOC-Detection/dsod300.py": "PascalVOC-Detection/dsod300.yaml",
+}
+
+
+def load_lazy(name):
+    return LazyConfig.load(os.path.join(CONFIGS, name))
+
+
+@pytest.mark.parametrize("lazy_file", sorted(TWINS))
+def test_lazy_config_builds_its_yaml_twin(lazy_file):
+    yaml_cfg = make_cfg(TWINS[lazy_file])
+    expected = build_model(yaml_cfg)
+    lazy_cfg = load_lazy(lazy_file)
+    actual = instantiate(lazy_cfg.model)
+    size = yaml_cfg.INPUT.FIXED_SIZE
+    assert lazy_cfg.dataloader.train.mapper.augmentations.image_size == size
+
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
+    assert count(actual) == count(expected)
+    assert default_boxes(actual, size) == default_boxes(expected, size)
+    # Beyond the counts: the same modules and tensors, so checkpoints load either way.
+    shapes = {k: v.shape for k, v in expected.state_dict().items()}
+    assert {k: v.shape for k, v in actual.state_dict().items()} == shapes
+    assert [type(m) for m in actual.modules()] == [type(m) for m in expected.modules()]
+    assert actual.input_format == yaml_cfg.INPUT.FORMAT
+    assert actual.pixel_mean.flatten().tolist() == pytest.approx(yaml_cfg.MODEL.PIXEL_MEAN)
+
+
+def load_tool():
+    path = os.path.join(ROOT, "tools", "lazyconfig_train_net.py")
+    spec = importlib.util.spec_from_file_location("lazyconfig_train_net", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_ssd300_trains_and_evaluates_through_the_lazy_flow(tmp_path):
+    name = register_random_dataset("dssd_d2_test_lazy", tmp_path, num_images=4)
+    cfg = load_lazy("PascalVOC-Detection/ssd300_vgg16.py")
+    # The tiny SSD300 of the YAML tests (same keys), 3 classes, on a random dataset.
+    tiny = dict(zip(TINY_SSD300_OPTS[::2], TINY_SSD300_OPTS[1::2]))
+    cfg = LazyConfig.apply_overrides(
+        cfg,
+        [
+            f"model.backbone.conv_dims={tiny['MODEL.VGG.CONV_DIMS']}",
+            f"model.backbone.fc_dim={tiny['MODEL.VGG.FC_DIM']}",
+            f"model.backbone.extras.conv_dims={tiny['MODEL.SSD_EXTRAS.CONV_DIMS']}",
+            "model.num_classes=3",
+            f"dataloader.train.dataset.names={name}",
+            f"dataloader.test.dataset.names={name}",
+            "dataloader.train.total_batch_size=2",
+            "dataloader.train.num_workers=0",
+            "dataloader.test.num_workers=0",
+            "train.max_iter=2",
+            "train.accumulation_steps=2",
+            "train.init_checkpoint=''",
+            "train.device=cpu",
+            f"train.output_dir={tmp_path / 'out'}",
+        ],
+    )
+    cfg.model.head.input_shape = [ShapeSpec(channels=16)] * 6
+    cfg.dataloader.evaluator = L(COCOEvaluator)(
+        dataset_name=name, tasks=("bbox",), output_dir=str(tmp_path / "eval")
+    )
+    tool = load_tool()
+    trainer = tool.do_train(cfg)
+    assert type(trainer).__name__ == "GradientAccumulationTrainer" and trainer.iter == 2
+    losses = [value for value, _ in trainer.storage.history("total_loss").values()]
+    assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all()
+    assert trainer.storage.history("data/skipped_images").latest() == 0
+    assert "bbox/AP50" in trainer.storage.latest()  # the EvalHook ran do_test after training
+    assert os.path.isfile(tmp_path / "out" / "model_final.pth")
+    assert os.path.isfile(tmp_path / "out" / "metrics.json")
+    results = tool.do_test(cfg, trainer.model)
+    assert {"AP", "AP50", "AP75"} <= set(results["bbox"])

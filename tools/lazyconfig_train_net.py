@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Train and evaluate dssd_d2's LazyConfig (Python) configs with Detectron2's LazyConfig flow.
+
+    python tools/lazyconfig_train_net.py --config-file configs/PascalVOC-Detection/ssd300_vgg16.py \
+        [--num-gpus 8] [--resume] [--eval-only] [train.max_iter=1000 model.num_classes=3 ...]
+
+Detectron2's recipe (its tools/lazyconfig_train_net.py): the config's ``model``, ``optimizer``,
+``dataloader``, ``lr_multiplier`` and ``train`` are instantiated, a SimpleTrainer (AMPTrainer with
+``train.amp.enabled``) runs Detectron2's hooks, overrides are ``key=value``. What the YAML flow
+(train_net.py, SSDTrainer) adds is kept: ``train.accumulation_steps`` micro-batches per optimizer
+step, crash-safe checkpoints, the count of images the mapper skipped (``data/skipped_images``),
+and the CPU when CUDA is absent. ``--eval-only`` evaluates ``train.init_checkpoint``.
+"""
+
+import torch
+
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+import dssd_d2  # noqa: F401  (registers our parts and datasets)
+from dssd_d2.data.validation import SkipCountingLoader
+from dssd_d2.engine.accumulation import GradientAccumulationTrainer
+from dssd_d2.engine.checkpoint import AtomicCheckpointer
+
+
+def do_test(cfg, model):
+    """Evaluate ``model`` on ``dataloader.test`` with ``dataloader.evaluator``."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    print_csv_format(results)
+    return results
+
+
+def build_trainer(cfg, model):
+    """Step trainer over ``dataloader.train``: SimpleTrainer or AMPTrainer, accumulating
+    gradients over ``train.accumulation_steps`` micro-batches when that is above 1."""
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    loader = SkipCountingLoader(instantiate(cfg.dataloader.train))
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, loader, optimizer)
+    steps = cfg.train.get("accumulation_steps", 1)
+    if steps != 1:
+        trainer = GradientAccumulationTrainer.from_trainer(trainer, steps)
+    return trainer
+
+
+def do_train(cfg, resume: bool = False):
+    """Train ``cfg`` to ``train.max_iter``, resuming from ``train.output_dir`` if asked;
+    returns the step trainer."""
+    model = instantiate(cfg.model).to(cfg.train.device)
+    trainer = build_trainer(cfg, model)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    main_process = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.CallbackHook(
+                after_step=lambda t: t.storage.put_scalar(
+                    "data/skipped_images", t.data_loader.skipped, smoothing_hint=False
+                )
+            ),
+            (
+                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+                if main_process
+                else None
+            ),
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            (
+                hooks.PeriodicWriter(
+                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                    period=cfg.train.log_period,
+                )
+                if main_process
+                else None
+            ),
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return trainer
+
+
+def setup(args):
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    if not torch.cuda.is_available():
+        cfg.train.device = "cpu"
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = create_ddp_model(instantiate(cfg.model).to(cfg.train.device))
+        AtomicCheckpointer(model).load(cfg.train.init_checkpoint)
+        return do_test(cfg, model)
+    do_train(cfg, resume=args.resume)
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
