@@ -10,12 +10,18 @@ from detectron2.utils.analysis import FlopCountAnalysis
 
 from .modeling.backbone.layers import feature_sizes
 
-__all__ = ["calibrate_batch_norms", "count_gflops", "default_boxes", "model_stats"]
+__all__ = [
+    "batch_norm_statistics",
+    "calibrate_batch_norms",
+    "count_gflops",
+    "default_boxes",
+    "model_stats",
+]
 
 
 def model_stats(cfg, flops: bool = True):
-    """dict with params, backbone_params, gflops (None unless ``flops``), default_boxes,
-    boxes_per_location and map_sizes."""
+    """dict with params, params_with_bn_stats, backbone_params, gflops (None unless ``flops``),
+    default_boxes, boxes_per_location and map_sizes."""
     if cfg.MODEL.SSD.FREEZE:
         # Freezing turns BatchNorm's scale and shift into buffers; count the architecture.
         cfg = cfg.clone()
@@ -26,6 +32,7 @@ def model_stats(cfg, flops: bool = True):
     params = parameter_count(model)
     stats = {
         "params": params[""],
+        "params_with_bn_stats": params[""] + batch_norm_statistics(model),
         "backbone_params": params["backbone"],
         **default_boxes(model, size),
         "gflops": None,
@@ -33,6 +40,17 @@ def model_stats(cfg, flops: bool = True):
     if flops:
         stats["gflops"] = count_gflops(model, size)
     return stats
+
+
+def batch_norm_statistics(model: nn.Module) -> int:
+    """Number of BatchNorm running means and variances. A Caffe model file stores them with the
+    weights, and papers that count parameters from it include them: DSOD's 14.8M is our 14.716M
+    learnable plus 0.080M statistics."""
+    return sum(
+        buffer.numel()
+        for name, buffer in model.named_buffers()
+        if name.endswith(("running_mean", "running_var"))
+    )
 
 
 def default_boxes(model, image_size: int):

@@ -8,6 +8,7 @@ from torch import nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
+from dssd_d2.analysis import model_stats
 from dssd_d2.engine import SSDTrainer
 from dssd_d2.modeling.backbone import L2Norm, build_dsod_backbone
 from dssd_d2.modeling.backbone.layers import feature_sizes
@@ -195,3 +196,20 @@ def test_dsod_configs_predict_through_batch_norm(config_file):
     for predictor in list(head.cls_score) + list(head.bbox_pred):
         assert predictor.bias is None and isinstance(predictor.norm, nn.BatchNorm2d)
         assert predictor.norm.affine
+
+
+@pytest.mark.parametrize(
+    "config_file, learnable, with_statistics, paper",
+    [
+        (DSOD300, 14.716, 14.796, 14.8),
+        ("PascalVOC-Detection/dsod300_smallest.yaml", 5.833, 5.872, 5.9),
+    ],
+)
+def test_parameter_counts_with_batch_norm_statistics_match_the_paper(
+    config_file, learnable, with_statistics, paper
+):
+    """The paper counts BatchNorm running statistics, as a Caffe model file stores them."""
+    stats = model_stats(make_cfg(config_file), flops=False)
+    assert round(stats["params"] / 1e6, 3) == learnable
+    assert round(stats["params_with_bn_stats"] / 1e6, 3) == with_statistics
+    assert abs(with_statistics - paper) <= 0.005 * paper

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Parameter count, GFLOPs, default boxes and prediction map sizes of dssd_d2 models.
+"""Parameter count (learnable, and with BatchNorm statistics as papers count from Caffe model
+files), GFLOPs, default boxes and prediction map sizes of dssd_d2 models.
 
     python tools/model_stats.py --config-file configs/PascalVOC-Detection/ssd321_R_101.yaml \
         [more config files] [--no-flops] [KEY VALUE ...]
@@ -24,10 +25,10 @@ def main():
     args = parser.parse_args()
 
     print(
-        "| config | params (M) | of which backbone (M) | GFLOPs | default boxes "
-        "| boxes / location | maps |"
+        "| config | params (M) | with BN statistics (M) | of which backbone (M) | GFLOPs "
+        "| default boxes | boxes / location | maps |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for config_file in args.config_file:
         cfg = dssd_d2.get_ssd_cfg(config_file, args.opts)
         cfg.MODEL.DEVICE = "cpu"
@@ -37,6 +38,7 @@ def main():
         per_location = ", ".join(map(str, stats["boxes_per_location"]))
         print(
             f"| {config_file} | {stats['params'] / 1e6:.3f} | "
+            f"{stats['params_with_bn_stats'] / 1e6:.3f} | "
             f"{stats['backbone_params'] / 1e6:.3f} | {gflops} | "
             f"{stats['default_boxes']} | {per_location} | {maps} |",
             flush=True,
