@@ -1,6 +1,7 @@
 from . import backbone  # noqa: F401  (registers backbones)
 from .anchor_generator import SSDAnchorGenerator
 from .heads import PREDICTION_MODULE_REGISTRY, SSD_HEAD_REGISTRY, SSDHead, build_ssd_head
+from .matcher import SSD_MATCHER_REGISTRY, build_ssd_matcher
 from .meta_arch import SSD
 
 __all__ = [
@@ -8,6 +9,8 @@ __all__ = [
     "SSDAnchorGenerator",
     "SSDHead",
     "SSD_HEAD_REGISTRY",
+    "SSD_MATCHER_REGISTRY",
     "PREDICTION_MODULE_REGISTRY",
     "build_ssd_head",
+    "build_ssd_matcher",
 ]
