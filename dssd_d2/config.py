@@ -21,7 +21,8 @@ def get_ssd_cfg(config_file: str = "", opts=()) -> CN:
 
 
 def add_ssd_config(cfg):
-    """Add every key used by dssd_d2 to ``cfg`` (in place). Existing keys are left alone."""
+    """Add every key used by dssd_d2 to ``cfg`` (in place). Of Detectron2's own keys, only
+    MODEL.ANCHOR_GENERATOR's NAME, OFFSET and ASPECT_RATIOS change: to SSD300's priors."""
     _C = cfg
 
     # ---------------------------------------------------------------- input and augmentation
@@ -60,7 +61,7 @@ def add_ssd_config(cfg):
     # Backbone features the head predicts from, finest first.
     _C.MODEL.SSD.IN_FEATURES = ["conv4_3", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2"]
     # A prior is positive when its IoU with a ground truth is >= IOU_THRESHOLD; every ground
-    # truth is also forced onto its best prior.
+    # truth also gets a prior of its own (see MODEL.SSD.MATCHER).
     _C.MODEL.SSD.IOU_THRESHOLD = 0.5
     # Hard negative mining: at most this many negatives per positive, highest loss first.
     _C.MODEL.SSD.NEG_POS_RATIO = 3.0
@@ -201,3 +202,22 @@ def add_ssd_config(cfg):
     _C.MODEL.DSSD.COMBINE = "prod"
     # Norm after each conv of the deconvolution modules (any get_norm name). Default "BN".
     _C.MODEL.DSSD.NORM = "BN"
+
+    # ---- Matching and priors (torchvision equivalence)
+    # How priors are matched to ground truth, by name in
+    # dssd_d2.modeling.matcher.SSD_MATCHER_REGISTRY. "caffe" (default, the SSD reference):
+    # greedy bipartite matching first, so that every ground truth gets a distinct prior of its
+    # own, then every other prior with IoU >= MODEL.SSD.IOU_THRESHOLD. "torchvision": IoU >=
+    # threshold, then each ground truth forced onto its best prior in order, a later one taking
+    # a shared best prior from an earlier one (torchvision's SSDMatcher, for exact equivalence).
+    _C.MODEL.SSD.MATCHER = "caffe"
+    # Clamp every prior's width and height to INPUT.FIXED_SIZE, keeping its centre (torchvision's
+    # DefaultBoxGenerator(clip=True); unlike MODEL.ANCHOR_GENERATOR.CLIP, the box may still
+    # reach past the image). Default False.
+    _C.MODEL.ANCHOR_GENERATOR.CLAMP_SIZES = False
+    # SSD's priors are the defaults, so that a config that does not inherit Base-SSD.yaml gets
+    # SSD300's priors rather than Detectron2's: SSDAnchorGenerator, centres at (i + 0.5) * step,
+    # ratios {2} on the first and last two maps and {2, 3} elsewhere (flipped, see FLIP).
+    _C.MODEL.ANCHOR_GENERATOR.NAME = "SSDAnchorGenerator"
+    _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
+    _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]

@@ -20,12 +20,18 @@ registries = {
 before = {key: {name for name, _ in registry} for key, registry in registries.items()}
 before["datasets"] = set(DatasetCatalog.list())
 
-from dssd_d2.modeling import PREDICTION_MODULE_REGISTRY, PREDICTOR_REGISTRY, SSD_HEAD_REGISTRY
+from dssd_d2.modeling import (
+    PREDICTION_MODULE_REGISTRY,
+    PREDICTOR_REGISTRY,
+    SSD_HEAD_REGISTRY,
+    SSD_MATCHER_REGISTRY,
+)
 
 registries.update(
     ssd_head=SSD_HEAD_REGISTRY,
     prediction_module=PREDICTION_MODULE_REGISTRY,
     predictor=PREDICTOR_REGISTRY,
+    matcher=SSD_MATCHER_REGISTRY,
 )
 after = {key: {name for name, _ in registry} for key, registry in registries.items()}
 after["datasets"] = set(DatasetCatalog.list())
@@ -44,6 +50,7 @@ EXPECTED = {
     "ssd_head": ["SSDHead"],
     "prediction_module": ["none", "residual", "residual_projection", "two_residual_projection"],
     "predictor": ["conv", "conv_bn", "separable"],
+    "matcher": ["caffe", "torchvision"],
 }
 
 

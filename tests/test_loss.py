@@ -33,11 +33,13 @@ def test_ground_truth_forced_onto_its_best_prior():
     assert labels[0].tolist() == [0, 1, 2]
     torch.testing.assert_close(boxes[0][2], torch.tensor([50, 50, 55, 55.0]))
 
-    # A prior whose highest IoU is with gt 0 is still forced onto gt 1 when it is gt 1's best.
+    # A prior that is both ground truths' best goes to the pair of highest IoU (gt 0, 0.91);
+    # gt 1 would take its next best prior, and here overlaps no other (MODEL.SSD.MATCHER
+    # "caffe", the default; both rules in test_matcher.py).
     anchors = [Boxes(torch.tensor([[0, 0, 10, 10.0], [100, 100, 110, 110.0]]))]
     gt = _gt([[0, 0, 10, 11], [0, 0, 20, 20]], [0, 1])
     labels, _ = model.label_anchors(anchors, [gt])
-    assert labels[0].tolist() == [1, 3]  # prior 1 is background (class index 3 == NUM_CLASSES)
+    assert labels[0].tolist() == [0, 3]  # prior 1 is background (class index 3 == NUM_CLASSES)
 
 
 def test_unmatched_priors_are_background_and_empty_image_has_no_positives():

@@ -83,3 +83,28 @@ def test_mismatched_lengths_name_the_key():
     cfg.MODEL.ANCHOR_GENERATOR.STEPS = [8, 16, 32]
     with pytest.raises(ValueError, match="STEPS"):
         build_model(cfg)
+
+
+def test_clamp_keeps_centres_and_caps_width_and_height():
+    """torchvision's prior clamp: the box keeps its centre (unlike CLIP), sides at most 32."""
+    generator = SSDAnchorGenerator(
+        min_sizes=[30], max_sizes=[60], aspect_ratios=[[2]], steps=[8], clamp_size=32
+    )
+    anchors = generator([torch.zeros(1, 1, 4, 4)])[0].tensor
+    sides = anchors[:, 2:] - anchors[:, :2]
+    assert sides.max() == 32 and sides.min() == pytest.approx(30 / math.sqrt(2))
+    torch.testing.assert_close((anchors[:4, :2] + anchors[:4, 2:]) / 2, torch.full((4, 2), 4.0))
+    assert anchors.min() < 0  # still reaches past the image, as torchvision's do
+
+
+def test_ssd_priors_without_base_ssd_yaml():
+    """add_ssd_config itself makes SSD's priors the default: a config that does not inherit
+    Base-SSD.yaml gets SSD300's 8732, not Detectron2's anchors."""
+    cfg = make_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "SSD"
+    cfg.MODEL.BACKBONE.NAME = "build_vgg_ssd_backbone"
+    reference = make_cfg("Base-SSD.yaml")
+    for key in ("NAME", "OFFSET", "ASPECT_RATIOS", "MIN_SIZES", "MAX_SIZES", "STEPS"):
+        assert cfg.MODEL.ANCHOR_GENERATOR[key] == reference.MODEL.ANCHOR_GENERATOR[key], key
+    generator = build_model(cfg).anchor_generator
+    assert isinstance(generator, SSDAnchorGenerator) and generator.num_anchors == [4, 6, 6, 6, 4, 4]

@@ -7,6 +7,7 @@ from .heads import (
     SSDHead,
     build_ssd_head,
 )
+from .matcher import SSD_MATCHER_REGISTRY, build_ssd_matcher
 from .meta_arch import SSD
 
 __all__ = [
@@ -14,7 +15,9 @@ __all__ = [
     "SSDAnchorGenerator",
     "SSDHead",
     "SSD_HEAD_REGISTRY",
+    "SSD_MATCHER_REGISTRY",
     "PREDICTION_MODULE_REGISTRY",
     "PREDICTOR_REGISTRY",
     "build_ssd_head",
+    "build_ssd_matcher",
 ]

@@ -58,7 +58,9 @@ class SSDAnchorGenerator(DefaultAnchorGenerator):
     """SSD priors: per level a min size, a max size, aspect ratios with flips, and a step.
 
     Keeps DefaultAnchorGenerator's grid and forward (centres at (i + offset) * step); only the
-    cell anchors differ, plus optional clipping to the fixed square input.
+    cell anchors differ, plus two options for priors that reach past the fixed square input:
+    clipping the boxes to it, or clamping each prior's width and height to its side while
+    keeping the prior's centre (torchvision's ``DefaultBoxGenerator(clip=True)``).
     """
 
     @configurable
@@ -72,6 +74,7 @@ class SSDAnchorGenerator(DefaultAnchorGenerator):
         offset: float = 0.5,
         flip: bool = True,
         clip_size: int = 0,
+        clamp_size: int = 0,
     ):
         """
         Args:
@@ -80,6 +83,8 @@ class SSDAnchorGenerator(DefaultAnchorGenerator):
                 is used for every level.
             steps: per level, distance between prior centres in input pixels.
             clip_size: when > 0, clip priors to the square [0, clip_size].
+            clamp_size: when > 0, clamp every prior's width and height to at most
+                ``clamp_size`` (centres unchanged).
         """
         nn.Module.__init__(self)
         self.strides = list(steps)
@@ -89,12 +94,13 @@ class SSDAnchorGenerator(DefaultAnchorGenerator):
         if aspect_ratios and not isinstance(aspect_ratios[0], Sequence):
             aspect_ratios = [aspect_ratios]
         aspect_ratios = _per_level(aspect_ratios, self.num_features, "ASPECT_RATIOS")
-        self.cell_anchors = BufferList(
-            [
-                ssd_cell_anchors(lo, hi, ratios, flip)
-                for lo, hi, ratios in zip(min_sizes, max_sizes, aspect_ratios)
-            ]
-        )
+        cells = [
+            ssd_cell_anchors(lo, hi, ratios, flip)
+            for lo, hi, ratios in zip(min_sizes, max_sizes, aspect_ratios)
+        ]
+        if clamp_size:  # cells are centred at 0: half of the side on each side of the centre
+            cells = [cell.clamp(-clamp_size / 2, clamp_size / 2) for cell in cells]
+        self.cell_anchors = BufferList(cells)
         if not 0.0 <= offset < 1.0:
             raise ValueError(f"MODEL.ANCHOR_GENERATOR.OFFSET must be in [0, 1), got {offset}")
         self.offset = offset
@@ -112,6 +118,7 @@ class SSDAnchorGenerator(DefaultAnchorGenerator):
             "offset": anchor_cfg.OFFSET,
             "flip": anchor_cfg.FLIP,
             "clip_size": cfg.INPUT.FIXED_SIZE if anchor_cfg.CLIP else 0,
+            "clamp_size": cfg.INPUT.FIXED_SIZE if anchor_cfg.CLAMP_SIZES else 0,
         }
 
     def forward(self, features: List[torch.Tensor]) -> List[Boxes]:

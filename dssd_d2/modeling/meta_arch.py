@@ -12,13 +12,13 @@ from detectron2.layers import FrozenBatchNorm2d, batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
-from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
 from .backbone.layers import feature_sizes
 from .heads import build_ssd_head
+from .matcher import build_ssd_matcher
 
 __all__ = ["SSD", "freeze_parameters"]
 
@@ -85,10 +85,11 @@ def _check_prior_steps(steps: Sequence[float], map_sizes: List[Tuple[int, int]],
 class SSD(DenseDetector):
     """Single-shot detector (Liu et al. 2016) over any Detectron2 backbone.
 
-    Training matches priors to ground truth (IoU >= threshold, and each ground truth forced onto
-    its best prior), applies softmax cross-entropy with hard negatives mined at NEG:POS and smooth
-    L1 on encoded offsets, both divided by the number of positives. Inference takes softmax
-    scores above a threshold, the top k per class, class-wise NMS and the best detections.
+    Training matches priors to ground truth with an injected matcher (``anchor_matcher``, from
+    MODEL.SSD.MATCHER: IoU >= threshold plus a prior for every ground truth), applies softmax
+    cross-entropy with hard negatives mined at NEG:POS and smooth L1 on encoded offsets, both
+    divided by the number of positives. Inference takes softmax scores above a threshold, the
+    top k per class, class-wise NMS and the best detections.
     """
 
     @configurable
@@ -101,7 +102,7 @@ class SSD(DenseDetector):
         anchor_generator: nn.Module,
         box2box_transform: Box2BoxTransform,
         num_classes: int,
-        iou_threshold: float = 0.5,
+        anchor_matcher,
         neg_pos_ratio: float = 3.0,
         smooth_l1_beta: float = 1.0,
         test_score_thresh: float = 0.01,
@@ -134,8 +135,8 @@ class SSD(DenseDetector):
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
         self.num_classes = num_classes
-        # Labels: IoU >= threshold is foreground (1), below is background (0).
-        self.anchor_matcher = Matcher([iou_threshold], [0, 1], allow_low_quality_matches=False)
+        # (G, R) IoU -> per prior, matched ground truth and label (1 foreground, 0 background).
+        self.anchor_matcher = anchor_matcher
         self.neg_pos_ratio = neg_pos_ratio
         self.smooth_l1_beta = smooth_l1_beta
         self.test_score_thresh = test_score_thresh
@@ -169,7 +170,7 @@ class SSD(DenseDetector):
             "anchor_generator": anchor_generator,
             "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.SSD.BBOX_REG_WEIGHTS),
             "num_classes": cfg.MODEL.SSD.NUM_CLASSES,
-            "iou_threshold": cfg.MODEL.SSD.IOU_THRESHOLD,
+            "anchor_matcher": build_ssd_matcher(cfg),
             "neg_pos_ratio": cfg.MODEL.SSD.NEG_POS_RATIO,
             "smooth_l1_beta": cfg.MODEL.SSD.SMOOTH_L1_BETA,
             "test_score_thresh": cfg.MODEL.SSD.SCORE_THRESH_TEST,
@@ -207,13 +208,6 @@ class SSD(DenseDetector):
                 continue
             iou = pairwise_iou(gt.gt_boxes, anchors)  # (G, R)
             matched_idxs, anchor_labels = self.anchor_matcher(iou)
-            # Force every ground truth onto its best prior, in order, so that the prior points at
-            # that ground truth even when another one overlaps it more (Matcher's low-quality
-            # matching would keep the other one).
-            best_anchor = iou.argmax(dim=1)
-            for gt_index, anchor_index in enumerate(best_anchor.tolist()):
-                matched_idxs[anchor_index] = gt_index
-                anchor_labels[anchor_index] = 1
             labels = gt.gt_classes[matched_idxs].clone()
             labels[anchor_labels == 0] = self.num_classes
             gt_labels.append(labels)
