@@ -9,7 +9,7 @@ from detectron2.structures import Boxes, Instances
 
 from dssd_d2.modeling.matcher import BipartiteMatcher, TorchvisionSSDMatcher, build_ssd_matcher
 
-from conftest import make_cfg, tiny_ssd300_cfg
+from helpers import make_cfg, tiny_ssd300_cfg
 
 torchvision_utils = pytest.importorskip("torchvision.models.detection._utils")
 

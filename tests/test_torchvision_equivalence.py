@@ -34,7 +34,7 @@ from detectron2.utils.events import EventStorage
 from dssd_d2.data import SSDDatasetMapper
 from dssd_d2.modeling.matcher import BipartiteMatcher, TorchvisionSSDMatcher
 
-from conftest import ROOT, make_cfg
+from helpers import ROOT, make_cfg
 
 torchvision_detection = pytest.importorskip("torchvision.models.detection")
 sklearn_datasets = pytest.importorskip("sklearn.datasets")

@@ -29,13 +29,11 @@ import torch
 
 from detectron2.data import MetadataCatalog
 
+from dssd_d2.modeling.backbone.vgg import torchvision_conv_indices
+
 # Priors per location on the six maps of SSD300 (torchvision's and ours).
 NUM_PRIORS = [4, 6, 6, 6, 4, 4]
 _TV_CLS = "head.classification_head.module_list.{}"
-# conv1_1 ... conv4_3: their indices in torchvision's vgg16().features and our names.
-_VGG_CONVS = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21]
-_VGG_NAMES = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3"]
-_VGG_NAMES += ["conv4_1", "conv4_2", "conv4_3"]
 
 
 def _module_map() -> Dict[str, str]:
@@ -44,7 +42,12 @@ def _module_map() -> Dict[str, str]:
     torchvision keeps VGG's ``features`` up to conv4_3, then puts pool4, conv5_x and fc6/fc7 in
     ``extra.0`` (fc6/fc7 in its sub-sequence 7) and the four extra levels in ``extra.1-4``.
     """
-    names = {f"backbone.features.{i}": f"backbone.{n}" for i, n in zip(_VGG_CONVS, _VGG_NAMES)}
+    # conv1_1 ... conv4_3 keep torchvision VGG16's ``features`` indices.
+    names = {
+        f"backbone.features.{i}": f"backbone.{name}"
+        for name, i in torchvision_conv_indices().items()
+        if not name.startswith("conv5")
+    }
     names.update(
         {f"backbone.extra.0.{i}": f"backbone.conv5_{j}" for j, i in enumerate((1, 3, 5), 1)}
     )

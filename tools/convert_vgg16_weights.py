@@ -18,19 +18,7 @@ import pickle
 
 import torch
 
-from dssd_d2.modeling.backbone.vgg import VGG16_CONV_NAMES
-
-
-def torchvision_conv_indices():
-    """{our conv name: its index in torchvision's ``vgg16().features``}, where each stage is
-    (conv, ReLU) per conv followed by one max-pool."""
-    indices, index = {}, 0
-    for names in VGG16_CONV_NAMES:
-        for name in names:
-            indices[name] = index
-            index += 2
-        index += 1
-    return indices
+from dssd_d2.modeling.backbone.vgg import torchvision_conv_indices
 
 
 def convert(state_dict, prefix="backbone."):

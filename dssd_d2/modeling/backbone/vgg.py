@@ -12,7 +12,13 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .layers import L2Norm, extra_level_settings, xavier_init
 
-__all__ = ["VGGSSD", "build_vgg_ssd_backbone", "ExtraLayers", "VGG16_CONV_NAMES"]
+__all__ = [
+    "VGGSSD",
+    "build_vgg_ssd_backbone",
+    "ExtraLayers",
+    "VGG16_CONV_NAMES",
+    "torchvision_conv_indices",
+]
 
 # VGG16's 13 convolutions by stage (a 2x2 max-pool between stages). Our modules keep these
 # names, so ImageNet weights load by name (tools/convert_vgg16_weights.py maps them).
@@ -20,6 +26,18 @@ VGG16_CONV_NAMES = tuple(
     tuple(f"conv{stage}_{i}" for i in range(1, num_convs + 1))
     for stage, num_convs in enumerate((2, 2, 3, 3, 3), start=1)
 )
+
+
+def torchvision_conv_indices():
+    """{our conv name: its index in torchvision's ``vgg16().features``}, where each stage is
+    (conv, ReLU) per conv followed by one max-pool: what the weight converters map."""
+    indices, index = {}, 0
+    for names in VGG16_CONV_NAMES:
+        for name in names:
+            indices[name] = index
+            index += 2
+        index += 1
+    return indices
 
 
 class ExtraLayers(nn.Module):
