@@ -86,9 +86,20 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD_HEAD.PREDICTION_MODULE = "none"
     # Bottleneck and output channels of the residual prediction modules.
     _C.MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS = [256, 1024]
+    # One [bottleneck, out] pair per level instead (the official DSSD513 varies them, e.g.
+    # 128, 512, 256, ...); empty: PREDICTION_MODULE_DIMS on every level.
+    _C.MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS_PER_LEVEL = []
+    # Norm of the prediction modules and of the "conv_bn" / "separable" predictors.
     _C.MODEL.SSD_HEAD.NORM = "BN"
     # Kernel size of the class and box predictors.
     _C.MODEL.SSD_HEAD.KERNEL_SIZE = 3
+    # One kernel size per level instead (official DSSD321: [5, 5, 3, 3, 3, 3]); empty:
+    # KERNEL_SIZE on every level.
+    _C.MODEL.SSD_HEAD.KERNEL_SIZES = []
+    # Class and box predictors, one of PREDICTOR_REGISTRY: "conv" (SSD, a biased conv),
+    # "conv_bn" (DSOD's released model: bias-free conv, BatchNorm with learned scale and shift)
+    # or "separable" (SSDlite: depthwise conv + norm + ReLU6, then a 1x1 conv).
+    _C.MODEL.SSD_HEAD.PREDICTOR = "conv"
 
     # ---------------------------------------------------------------- priors (default boxes)
     # Per level: min size, max size (the extra square is sqrt(min * max); 0: none), aspect

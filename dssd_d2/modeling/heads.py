@@ -1,7 +1,6 @@
 """SSD head: per-level class and box convolutions, optionally behind a DSSD prediction module."""
 
-import itertools
-from typing import List, Sequence, Tuple
+from typing import List, Sequence, Tuple, Union
 
 from torch import nn
 
@@ -10,7 +9,13 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 from detectron2.utils.registry import Registry
 
-__all__ = ["SSD_HEAD_REGISTRY", "PREDICTION_MODULE_REGISTRY", "SSDHead", "build_ssd_head"]
+__all__ = [
+    "SSD_HEAD_REGISTRY",
+    "PREDICTION_MODULE_REGISTRY",
+    "PREDICTOR_REGISTRY",
+    "SSDHead",
+    "build_ssd_head",
+]
 
 SSD_HEAD_REGISTRY = Registry("SSD_HEAD")
 SSD_HEAD_REGISTRY.__doc__ = """
@@ -23,7 +28,13 @@ PREDICTION_MODULE_REGISTRY = Registry("SSD_PREDICTION_MODULE")
 PREDICTION_MODULE_REGISTRY.__doc__ = """
 Modules inserted between a feature map and its predictors (DSSD paper, Fig. 2), registered by
 function name and called as ``fn(in_channels, dims, norm) -> (module, out_channels)`` where
-``dims`` is MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS ([bottleneck, out]).
+``dims`` is the level's [bottleneck, out] (MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS).
+"""
+
+PREDICTOR_REGISTRY = Registry("SSD_PREDICTOR")
+PREDICTOR_REGISTRY.__doc__ = """
+The class and box predictors of one level, registered by function name and called as
+``fn(in_channels, out_channels, kernel_size, norm) -> nn.Module`` (MODEL.SSD_HEAD.PREDICTOR).
 """
 
 
@@ -64,11 +75,70 @@ def two_residual_projection(in_channels: int, dims: Sequence[int], norm: str):
     return nn.Sequential(first, second), out_channels
 
 
+@PREDICTOR_REGISTRY.register()
+def conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> nn.Module:
+    """SSD: one biased conv. It starts small (normal, std 0.01), so that every prior starts
+    near-uniform over the classes and the first hard-mined losses stay near log(K + 1); SSD's
+    Xavier init of these convs diverges within a few steps when training from scratch."""
+    predictor = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+    nn.init.normal_(predictor.weight, std=0.01)
+    nn.init.zeros_(predictor.bias)
+    return predictor
+
+
+@PREDICTOR_REGISTRY.register()
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> nn.Module:
+    """DSOD's released predictors: a bias-free conv, then BatchNorm with a learned scale and
+    shift. The norm makes the predictions independent of the scale of their input (the
+    L2Norm-scaled sources) and of the conv's weights, which is what lets the from-scratch recipe
+    take lr 0.1 (see docs/dsod_bccd_run.md)."""
+    predictor = Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        padding=kernel_size // 2,
+        bias=False,
+        norm=get_norm(norm, out_channels),
+    )
+    nn.init.normal_(predictor.weight, std=0.01)
+    return predictor
+
+
+@PREDICTOR_REGISTRY.register()
+def separable(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> nn.Module:
+    """SSDlite (MobileNetV2 paper): a depthwise conv with norm and ReLU6, then a 1x1 conv."""
+    depthwise = Conv2d(
+        in_channels,
+        in_channels,
+        kernel_size,
+        padding=kernel_size // 2,
+        groups=in_channels,
+        bias=False,
+        norm=get_norm(norm, in_channels),
+        activation=nn.ReLU6(inplace=True),
+    )
+    pointwise = nn.Conv2d(in_channels, out_channels, 1)
+    for layer in (depthwise, pointwise):
+        nn.init.normal_(layer.weight, std=0.03)
+    nn.init.zeros_(pointwise.bias)
+    return nn.Sequential(depthwise, pointwise)
+
+
+def _per_level(value, num_levels: int, key: str, is_single) -> list:
+    """``value`` for every level, or one value per level (an error naming ``key`` otherwise)."""
+    if is_single(value):
+        return [value] * num_levels
+    if len(value) != num_levels:
+        raise ValueError(f"{key} needs one entry per feature map ({num_levels}); got {value}")
+    return list(value)
+
+
 @SSD_HEAD_REGISTRY.register()
 class SSDHead(nn.Module):
-    """Per level: a prediction module, then one conv for K + 1 class logits per prior and one
-    for 4 box offsets per prior. Unlike RetinaNetHead, levels do not share weights and each has
-    its own number of priors (4, 6, 6, 6, 4, 4 in SSD300)."""
+    """Per level: a prediction module, then a predictor of K + 1 class logits per prior and one
+    of 4 box offsets per prior. Unlike RetinaNetHead, levels do not share weights and each has
+    its own number of priors (4, 6, 6, 6, 4, 4 in SSD300), prediction-module width and kernel
+    size (the official DSSD uses 5x5 predictors on its two finest maps)."""
 
     @configurable
     def __init__(
@@ -78,10 +148,18 @@ class SSDHead(nn.Module):
         num_classes: int,
         num_anchors: List[int],
         prediction_module: str = "none",
-        prediction_module_dims: Sequence[int] = (256, 1024),
+        prediction_module_dims: Union[Sequence[int], Sequence[Sequence[int]]] = (256, 1024),
         norm: str = "BN",
-        kernel_size: int = 3,
+        kernel_size: Union[int, Sequence[int]] = 3,
+        predictor: str = "conv",
     ):
+        """
+        Args:
+            prediction_module_dims: [bottleneck, out] channels of the prediction modules, for
+                every level or one pair per level.
+            kernel_size: of the predictors, for every level or one per level.
+            predictor: name in PREDICTOR_REGISTRY: "conv", "conv_bn" or "separable".
+        """
         super().__init__()
         if len(num_anchors) != len(input_shape):
             raise ValueError(
@@ -93,27 +171,38 @@ class SSDHead(nn.Module):
                 f"MODEL.SSD_HEAD.PREDICTION_MODULE={prediction_module!r} is not registered; "
                 f"choose from {sorted(name for name, _ in PREDICTION_MODULE_REGISTRY)}"
             )
+        if predictor not in PREDICTOR_REGISTRY:
+            raise KeyError(
+                f"MODEL.SSD_HEAD.PREDICTOR={predictor!r} is not registered; "
+                f"choose from {sorted(name for name, _ in PREDICTOR_REGISTRY)}"
+            )
         build_module = PREDICTION_MODULE_REGISTRY.get(prediction_module)
+        build_predictor = PREDICTOR_REGISTRY.get(predictor)
+        num_levels = len(input_shape)
+        kernel_sizes = _per_level(
+            kernel_size, num_levels, "MODEL.SSD_HEAD.KERNEL_SIZES", lambda v: isinstance(v, int)
+        )
+        module_dims = _per_level(
+            prediction_module_dims,
+            num_levels,
+            "MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS",
+            lambda v: all(isinstance(d, int) for d in v),
+        )
         # What it predicts, checked by the SSD meta-architecture against its priors and classes.
         self.num_anchors = list(num_anchors)
         self.num_classes = num_classes
         self.prediction_modules = nn.ModuleList()
         self.cls_score = nn.ModuleList()
         self.bbox_pred = nn.ModuleList()
-        padding = kernel_size // 2
-        for shape, anchors in zip(input_shape, num_anchors):
-            module, channels = build_module(shape.channels, prediction_module_dims, norm)
+        for shape, anchors, dims, kernel in zip(
+            input_shape, num_anchors, module_dims, kernel_sizes
+        ):
+            module, channels = build_module(shape.channels, dims, norm)
             self.prediction_modules.append(module)
             self.cls_score.append(
-                nn.Conv2d(channels, anchors * (num_classes + 1), kernel_size, padding=padding)
+                build_predictor(channels, anchors * (num_classes + 1), kernel, norm)
             )
-            self.bbox_pred.append(nn.Conv2d(channels, anchors * 4, kernel_size, padding=padding))
-        # Small predictors: every prior starts near-uniform over the classes, so the first
-        # hard-mined losses stay near log(K + 1) instead of exploding (SSD's Xavier init of
-        # these convs diverges within a few steps when training from scratch).
-        for predictor in itertools.chain(self.cls_score, self.bbox_pred):
-            nn.init.normal_(predictor.weight, std=0.01)
-            nn.init.zeros_(predictor.bias)
+            self.bbox_pred.append(build_predictor(channels, anchors * 4, kernel, norm))
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec], num_anchors: List[int]):
@@ -123,9 +212,11 @@ class SSDHead(nn.Module):
             "num_classes": cfg.MODEL.SSD.NUM_CLASSES,
             "num_anchors": num_anchors,
             "prediction_module": head.PREDICTION_MODULE,
-            "prediction_module_dims": head.PREDICTION_MODULE_DIMS,
+            "prediction_module_dims": head.PREDICTION_MODULE_DIMS_PER_LEVEL
+            or head.PREDICTION_MODULE_DIMS,
             "norm": head.NORM,
-            "kernel_size": head.KERNEL_SIZE,
+            "kernel_size": head.KERNEL_SIZES or head.KERNEL_SIZE,
+            "predictor": head.PREDICTOR,
         }
 
     def forward(self, features):
