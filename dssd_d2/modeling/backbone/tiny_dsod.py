@@ -26,7 +26,8 @@ interpolation (half-pixel centres), where the official Upsample layer samples at
 ``(x + 1) / ratio - 1``; BatchNorms use PyTorch's defaults (eps 1e-5, momentum 0.1) rather than
 Caffe's moving-average fraction 0.999. Neither changes a parameter or a multiply-add.
 The prediction layers of the paper (a 1x1 conv to the outputs, then a 3x3 depthwise conv over
-them and a BatchNorm) are :func:`pointwise_depthwise`.
+them and a BatchNorm) are :func:`pointwise_depthwise`, registered as
+``MODEL.SSD_HEAD.PREDICTOR: "pointwise_depthwise"``.
 """
 
 from typing import Dict, List, Sequence
@@ -39,6 +40,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ..heads import PREDICTOR_REGISTRY
 from .layers import L2Norm
 from .vgg import xavier_init
 
@@ -289,6 +291,7 @@ class TinyDSOD(Backbone):
         }
 
 
+@PREDICTOR_REGISTRY.register()
 def pointwise_depthwise(in_channels: int, out_channels: int, kernel_size: int, norm: str):
     """Tiny-DSOD's class and box predictors (the official head's ``mobile`` branch): a bias-free
     1x1 conv to the outputs, a bias-free depthwise conv over them, then a norm with a learned
