@@ -147,8 +147,21 @@ def evaluate(model, cfg, dataset_name, output_dir, batch_size=8):
     return evaluator.evaluate()
 
 
+def _evaluate_all(model, cfg, output_dir):
+    return {name: evaluate(model, cfg, name, output_dir) for name in cfg.DATASETS.TEST}
+
+
+def _put_results(storage, results):
+    """AP, AP50, ... as ``bbox/AP`` (one test set) or ``<dataset>/bbox/AP``, as Detectron2's
+    trainer writes them."""
+    if len(results) == 1:
+        results = next(iter(results.values()))
+    storage.put_scalars(**flatten_results_dict(results), smoothing_hint=False)
+
+
 def train(args, cfg):
-    """Train the peer for ``args.minutes`` of training time; returns (model, storage stats)."""
+    """Train the peer for ``args.minutes`` of training time, then evaluate it; returns (model,
+    run statistics, results per test dataset)."""
     torch.manual_seed(args.seed)
     num_classes = cfg.MODEL.SSD.NUM_CLASSES
     model = ssdlite320_mobilenet_v3_large(
@@ -210,17 +223,17 @@ def train(args, cfg):
                 time=step_time,
             )
             storage.put_scalars(lr=lr, training_minutes=elapsed / 60.0, smoothing_hint=False)
-            if iteration % LOG_PERIOD == 0 or elapsed >= budget:
+            if elapsed >= budget:  # the last iteration is written with the final evaluation
+                break
+            evaluated = elapsed >= next_eval
+            if evaluated:
+                next_eval += eval_every
+                _put_results(storage, _evaluate_all(model, cfg, args.output_dir))
+            if evaluated or iteration % LOG_PERIOD == 0:
                 logger.info(
                     f"iter {iteration}  loss {loss.item():.3f}  lr {lr:.5f}  "
                     f"{elapsed / 60:.1f}/{args.minutes:g} min"
                 )
-                writer.write()
-            if elapsed >= next_eval and elapsed < budget:
-                next_eval += eval_every
-                for name in cfg.DATASETS.TEST:
-                    results = evaluate(model, cfg, name, args.output_dir)
-                    storage.put_scalars(**flatten_results_dict(results), smoothing_hint=False)
                 writer.write()
         stats = {
             "iterations": iteration,
@@ -230,10 +243,8 @@ def train(args, cfg):
             "lr": base_lr,
             "batch_size": args.batch_size,
         }
-        results = {}
-        for name in cfg.DATASETS.TEST:
-            results[name] = evaluate(model, cfg, name, args.output_dir)
-            storage.put_scalars(**flatten_results_dict(results[name]), smoothing_hint=False)
+        results = _evaluate_all(model, cfg, args.output_dir)
+        _put_results(storage, results)
         writer.write()
     writer.close()
     return model, stats, results
