@@ -36,12 +36,15 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def detector(family):
+    return detector_from_cfg(FAMILIES[family]())
+
+
+def detector_from_cfg(cfg):
     """A shrunk model and an image, with the score threshold put in a wide gap between the
     class scores of that image, so that about twenty candidates pass with clear margins: random
     weights give near-uniform scores, and tiny float differences would otherwise decide which
     of many near-ties pass the threshold, the per-class top k and the per-image cut."""
     torch.manual_seed(0)
-    cfg = FAMILIES[family]()
     size = cfg.INPUT.FIXED_SIZE
     model = build_model(cfg)
     calibrate_batch_norms(model, torch.stack([random_image(size, size, seed) for seed in (1, 2)]))
