@@ -139,7 +139,10 @@ class TopDownFusion(nn.Module):
         self.project = nn.Conv2d(in_channels, out_channels, 1, bias=False) if project else None
 
     def forward(self, coarse, fine):
-        x = self.depthwise(F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear"))
+        upsampled = F.interpolate(
+            coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False
+        )
+        x = self.depthwise(upsampled)
         if self.project is not None:
             x = self.project(x)
         return F.relu(x + fine)
@@ -295,7 +298,7 @@ class TinyDSOD(Backbone):
 def pointwise_depthwise(in_channels: int, out_channels: int, kernel_size: int, norm: str):
     """Tiny-DSOD's class and box predictors (the official head's ``mobile`` branch): a bias-free
     1x1 conv to the outputs, a bias-free depthwise conv over them, then a norm with a learned
-    scale and shift (its shift is the predictor's bias). About 10x fewer parameters than a 3x3
+    scale and shift (its shift is the predictor's bias). About 8x fewer parameters than a 3x3
     conv on 128 channels. The official depthwise weights start at Caffe's default constant 0; a
     norm follows, so any other start gives the same output scale, and a zero one would make the
     norm divide its first gradients by sqrt(eps): both start normal, std 0.01."""
