@@ -221,3 +221,41 @@ def add_ssd_config(cfg):
     _C.MODEL.ANCHOR_GENERATOR.NAME = "SSDAnchorGenerator"
     _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
     _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+
+    # ---- CPU models: Tiny-DSOD and SSDlite
+    # Tiny-DSOD (Li et al., BMVC 2018; build_tiny_dsod_backbone): depthwise dense blocks and a
+    # depthwise FPN. Defaults: the official model (0.95M parameters, 1.06 GFLOPs at 300 in
+    # the paper). Its class/box predictors: MODEL.SSD_HEAD.PREDICTOR "pointwise_depthwise".
+    _C.MODEL.TINY_DSOD = CN()
+    # Channels of the stem's 3x3 stride-2 conv and of its two depthwise-separable convs.
+    # Default [64, 64, 128].
+    _C.MODEL.TINY_DSOD.STEM_CHANNELS = [64, 64, 128]
+    # Layers of the four depthwise dense blocks. Default [4, 6, 6, 6].
+    _C.MODEL.TINY_DSOD.BLOCK_LAYERS = [4, 6, 6, 6]
+    # Growth rate (channels each layer adds) of each block. Default [32, 48, 64, 80].
+    _C.MODEL.TINY_DSOD.GROWTH_RATES = [32, 48, 64, 80]
+    # Output channels of the 1x1 transition after each block; the second is source 1.
+    # Default [128, 128, 256, 64].
+    _C.MODEL.TINY_DSOD.TRANSITION_CHANNELS = [128, 128, 256, 64]
+    # Channels of the pooled half of source 2, then of each half of sources 3 to 6.
+    # Default [64, 64, 64, 64, 64] (every source 2 to 6 has 128).
+    _C.MODEL.TINY_DSOD.EXTRA_HALF_CHANNELS = [64, 64, 64, 64, 64]
+    # How many of the finest sources are predicted from the D-FPN's fused maps; 0 turns the
+    # D-FPN off. Default 3 (the official model).
+    _C.MODEL.TINY_DSOD.FPN_SOURCES = 3
+    # Norm of every normalised conv (get_norm name). Default "BN".
+    _C.MODEL.TINY_DSOD.NORM = "BN"
+    # Initial scale of the L2Norm on each source. Default 20.0.
+    _C.MODEL.TINY_DSOD.L2NORM_SCALE = 20.0
+
+    # SSDlite (build_mobilenet_v3_ssdlite_backbone): torchvision's MobileNetV3-Large and
+    # SSDlite's depthwise-separable extra levels, as torchvision's ssdlite320_mobilenet_v3_large.
+    _C.MODEL.MOBILENET_V3 = CN()
+    # Width multiplier of the network and of the extra levels. Default 1.0.
+    _C.MODEL.MOBILENET_V3.WIDTH_MULT = 1.0
+    # Halve the channels after C4 (MobileNetV3 paper, Table 6), as torchvision does without
+    # ImageNet weights. Default True; must be False with IMAGENET_WEIGHTS.
+    _C.MODEL.MOBILENET_V3.REDUCED_TAIL = True
+    # A torchvision mobilenet_v3_large ImageNet state dict file to start from (e.g.
+    # mobilenet_v3_large-8738ca79.pth, fetched by the user); "" trains from scratch. Default "".
+    _C.MODEL.MOBILENET_V3.IMAGENET_WEIGHTS = ""

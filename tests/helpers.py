@@ -10,12 +10,20 @@ from xml.etree import ElementTree as ET
 
 import cv2
 import numpy as np
+import copy
+
 import torch
+from torch import nn
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes, BoxMode, Instances
 
 import dssd_d2
+from dssd_d2.analysis import calibrate_batch_norms
+from dssd_d2.deploy import count_batch_norms, fold_batch_norm
 from dssd_d2.engine import SSDTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -287,3 +295,91 @@ def train_and_track(cfg, output_dir):
     assert trainer.iter == cfg.SOLVER.MAX_ITER
     changed = {k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])}
     return trainer, changed
+
+
+# ---- comparing models: folding, export and equivalence tests
+
+
+@torch.no_grad()
+def randomize_batch_norms(model: nn.Module, seed=0):
+    """Running statistics and affine parameters far from identity, as after training."""
+    generator = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            m.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+            m.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model
+
+
+def assert_close(actual, expected, rtol=1e-4):
+    """Equal up to float32 rounding relative to the tensor's magnitude."""
+    scale = expected.abs().max().clamp(min=1e-6)
+    assert torch.isfinite(expected).all()
+    assert (actual - expected).abs().max() <= rtol * scale, (actual - expected).abs().max()
+
+
+@torch.no_grad()
+def network_outputs(model, size):
+    """Backbone features and head predictions of ``model`` for a random ``size`` image."""
+    images = model.preprocess_image([{"image": random_image(size, size)}])
+    features = model.backbone(images.tensor)
+    logits, deltas = model.head([features[f] for f in model.head_in_features])
+    return [features[f] for f in model.head_in_features] + logits + deltas
+
+
+def check_fold(model, size, expect_all_folded=True):
+    model = randomize_batch_norms(model.eval())
+    folded = fold_batch_norm(copy.deepcopy(model))
+    assert count_batch_norms(folded) < count_batch_norms(model)
+    if expect_all_folded:
+        assert count_batch_norms(folded) == 0
+    for actual, expected in zip(network_outputs(folded, size), network_outputs(model, size)):
+        assert_close(actual, expected)
+    return folded
+
+
+def detector_from_cfg(cfg):
+    """A shrunk model and an image, with the score threshold put in a wide gap between the
+    class scores of that image, so that about twenty candidates pass with clear margins: random
+    weights give near-uniform scores, and tiny float differences would otherwise decide which
+    of many near-ties pass the threshold, the per-class top k and the per-image cut."""
+    torch.manual_seed(0)
+    size = cfg.INPUT.FIXED_SIZE
+    model = build_model(cfg)
+    calibrate_batch_norms(model, torch.stack([random_image(size, size, seed) for seed in (1, 2)]))
+    image = random_image(size, size)
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": image}])
+        features = model.backbone(images.tensor)
+        logits, _ = model.head([features[f] for f in model.head_in_features])
+    num_classes = model.num_classes
+    logits = torch.cat([permute_to_N_HWA_K(x, num_classes + 1) for x in logits], dim=1)
+    scores = logits.softmax(-1)[..., :num_classes].flatten().sort(descending=True).values
+    gaps = scores[:-1] - scores[1:]
+    cut = 20 + int(gaps[20:].gt(1e-4).nonzero()[0])
+    model.test_score_thresh = float(scores[cut] + scores[cut + 1]) / 2
+    return model, image
+
+
+def assert_same_detections(actual, expected, score_tol=1e-4, box_tol=0.05):
+    """Same detections up to float rounding, in any order among equal scores. Boxes within
+    0.05 px: random weights predict large offsets, and exp() of a large log-size turns float
+    rounding into about 0.01 px on a 200 px box."""
+    assert actual.image_size == expected.image_size
+    assert 0 < len(actual) == len(expected)
+    unmatched = list(range(len(actual)))
+    for box, score, label in zip(
+        expected.pred_boxes.tensor, expected.scores, expected.pred_classes
+    ):
+        match = [
+            j
+            for j in unmatched
+            if actual.pred_classes[j] == label
+            and abs(actual.scores[j] - score) <= score_tol
+            and (actual.pred_boxes.tensor[j] - box).abs().max() <= box_tol
+        ]
+        assert match, f"no exported detection matches {label}, {score}, {box}"
+        unmatched.remove(match[0])

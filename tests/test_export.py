@@ -11,10 +11,6 @@ import sys
 import pytest
 import torch
 
-from detectron2.modeling import build_model
-from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
-
-from dssd_d2.analysis import calibrate_batch_norms
 from dssd_d2.deploy.export import (
     OUTPUT_NAMES,
     export_onnx,
@@ -23,6 +19,8 @@ from dssd_d2.deploy.export import (
 )
 
 from helpers import (
+    assert_same_detections,
+    detector_from_cfg,
     DSSD321,
     ROOT,
     TINY_SSD300_OPTS,
@@ -42,48 +40,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def detector(family):
-    """A shrunk model and an image, with the score threshold put in a wide gap between the
-    class scores of that image, so that about twenty candidates pass with clear margins: random
-    weights give near-uniform scores, and tiny float differences would otherwise decide which
-    of many near-ties pass the threshold, the per-class top k and the per-image cut."""
-    torch.manual_seed(0)
-    cfg = FAMILIES[family]()
-    size = cfg.INPUT.FIXED_SIZE
-    model = build_model(cfg)
-    calibrate_batch_norms(model, torch.stack([random_image(size, size, seed) for seed in (1, 2)]))
-    image = random_image(size, size)
-    with torch.no_grad():
-        images = model.preprocess_image([{"image": image}])
-        features = model.backbone(images.tensor)
-        logits, _ = model.head([features[f] for f in model.head_in_features])
-    num_classes = model.num_classes
-    logits = torch.cat([permute_to_N_HWA_K(x, num_classes + 1) for x in logits], dim=1)
-    scores = logits.softmax(-1)[..., :num_classes].flatten().sort(descending=True).values
-    gaps = scores[:-1] - scores[1:]
-    cut = 20 + int(gaps[20:].gt(1e-4).nonzero()[0])
-    model.test_score_thresh = float(scores[cut] + scores[cut + 1]) / 2
-    return model, image
-
-
-def assert_same_detections(actual, expected, score_tol=1e-4, box_tol=0.05):
-    """Same detections up to float rounding, in any order among equal scores. Boxes within
-    0.05 px: random weights predict large offsets, and exp() of a large log-size turns float
-    rounding into about 0.01 px on a 200 px box."""
-    assert actual.image_size == expected.image_size
-    assert 0 < len(actual) == len(expected)
-    unmatched = list(range(len(actual)))
-    for box, score, label in zip(
-        expected.pred_boxes.tensor, expected.scores, expected.pred_classes
-    ):
-        match = [
-            j
-            for j in unmatched
-            if actual.pred_classes[j] == label
-            and abs(actual.scores[j] - score) <= score_tol
-            and (actual.pred_boxes.tensor[j] - box).abs().max() <= box_tol
-        ]
-        assert match, f"no exported detection matches {label}, {score}, {box}"
-        unmatched.remove(match[0])
+    return detector_from_cfg(FAMILIES[family]())
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -16,8 +16,12 @@ from dssd_d2.modeling.backbone.dsod import PreActConv
 
 from helpers import (
     DSOD300,
+    assert_close,
+    check_fold,
+    randomize_batch_norms,
     DSSD321,
     make_cfg,
+    network_outputs,
     random_image,
     tiny_dsod_cfg,
     tiny_resnet_cfg,
@@ -25,47 +29,6 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@torch.no_grad()
-def randomize_batch_norms(model: nn.Module, seed=0):
-    """Running statistics and affine parameters far from identity, as after training."""
-    generator = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.bias.copy_(torch.rand(n, generator=generator) - 0.5)
-    return model
-
-
-def assert_close(actual, expected, rtol=1e-4):
-    """Equal up to float32 rounding relative to the tensor's magnitude."""
-    scale = expected.abs().max().clamp(min=1e-6)
-    assert torch.isfinite(expected).all()
-    assert (actual - expected).abs().max() <= rtol * scale, (actual - expected).abs().max()
-
-
-@torch.no_grad()
-def network_outputs(model, size):
-    """Backbone features and head predictions of ``model`` for a random ``size`` image."""
-    images = model.preprocess_image([{"image": random_image(size, size)}])
-    features = model.backbone(images.tensor)
-    logits, deltas = model.head([features[f] for f in model.head_in_features])
-    return [features[f] for f in model.head_in_features] + logits + deltas
-
-
-def check_fold(model, size, expect_all_folded=True):
-    model = randomize_batch_norms(model.eval())
-    folded = fold_batch_norm(copy.deepcopy(model))
-    assert count_batch_norms(folded) < count_batch_norms(model)
-    if expect_all_folded:
-        assert count_batch_norms(folded) == 0
-    for actual, expected in zip(network_outputs(folded, size), network_outputs(model, size)):
-        assert_close(actual, expected)
-    return folded
 
 
 @pytest.mark.parametrize("transposed", [False, True])

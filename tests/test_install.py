@@ -44,12 +44,14 @@ EXPECTED = {
     "backbone": [
         "build_dsod_backbone",
         "build_dssd_backbone",
+        "build_mobilenet_v3_ssdlite_backbone",
         "build_resnet_ssd_backbone",
+        "build_tiny_dsod_backbone",
         "build_vgg_ssd_backbone",
     ],
     "ssd_head": ["SSDHead"],
     "prediction_module": ["none", "residual", "residual_projection", "two_residual_projection"],
-    "predictor": ["conv", "conv_bn", "separable"],
+    "predictor": ["conv", "conv_bn", "pointwise_depthwise", "separable"],
     "matcher": ["caffe", "torchvision"],
 }
 

@@ -1,6 +1,7 @@
 """Built-in datasets, all registered here on import (like ``detectron2/data/datasets/builtin.py``):
-BCCD (blood cells, Pascal VOC 2007 layout) when ``$DETECTRON2_DATASETS/BCCD`` exists, and the
-generated digits (``data/digits.py``), always."""
+BCCD (blood cells) and microcontrollers (photos of four development boards), both in the Pascal
+VOC 2007 layout, when their folders exist under ``$DETECTRON2_DATASETS``, and the generated
+digits (``data/digits.py``), always."""
 
 import functools
 import logging
@@ -11,7 +12,14 @@ from detectron2.data.datasets.pascal_voc import load_voc_instances
 
 from .digits import register_digits
 
-__all__ = ["BCCD_CLASSES", "load_bccd_instances", "register_bccd", "register_all_bccd"]
+__all__ = [
+    "BCCD_CLASSES",
+    "MICROCONTROLLERS_CLASSES",
+    "load_bccd_instances",
+    "register_bccd",
+    "register_all_bccd",
+    "register_microcontrollers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,5 +74,45 @@ def register_all_bccd(datasets_root: str):
         register_bccd(root)
 
 
-register_all_bccd(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
+MICROCONTROLLERS_CLASSES = ("Arduino_Nano", "ESP8266", "Heltec_ESP32_Lora", "Raspberry_Pi_3")
+# Every HOLDOUT_EVERY-th trainval image (in the file's order) is held out for tuning recipes.
+HOLDOUT_EVERY = 5
+
+
+def _holdout_part(root: str, part: str):
+    """``microcontrollers_train`` (trainval minus every 5th image, 92) or ``_val`` (those, 22):
+    a split of the training photos to tune recipes on, so that the test split stays unseen."""
+    dicts = load_voc_instances(root, "trainval", MICROCONTROLLERS_CLASSES)
+    held_out = part == "val"
+    return [d for i, d in enumerate(dicts) if (i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1) == held_out]
+
+
+def register_microcontrollers(root: str, prefix: str = "microcontrollers"):
+    """Register ``{prefix}_{trainval,test}`` (114 / 35 photos, Pascal VOC 2007 metric) and the
+    tuning split of trainval, ``{prefix}_{train,val}`` (92 / 22). The tuning split has no VOC
+    image-set file (the data folder is read only), so it is evaluated with Detectron2's COCO
+    evaluator: AP over IoU 0.5:0.95 and AP50 by COCO's 101-point interpolation."""
+    for split in ("trainval", "test", "train", "val"):
+        name = f"{prefix}_{split}"
+        if name in DatasetCatalog.list():
+            continue
+        if split in ("trainval", "test"):
+            load = functools.partial(load_voc_instances, root, split, MICROCONTROLLERS_CLASSES)
+            metadata = dict(dirname=root, year=2007, split=split, evaluator_type="pascal_voc")
+        else:
+            load = functools.partial(_holdout_part, root, split)
+            metadata = dict(evaluator_type="coco")
+        DatasetCatalog.register(name, load)
+        MetadataCatalog.get(name).set(thing_classes=list(MICROCONTROLLERS_CLASSES), **metadata)
+
+
+def register_all_microcontrollers(datasets_root: str):
+    root = os.path.join(datasets_root, "microcontrollers")
+    if os.path.isdir(root):
+        register_microcontrollers(root)
+
+
+_DATASETS_ROOT = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+register_all_bccd(_DATASETS_ROOT)
+register_all_microcontrollers(_DATASETS_ROOT)
 register_digits()

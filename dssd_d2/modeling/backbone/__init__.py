@@ -13,3 +13,13 @@ from .resnet import ResNetSSD, build_resnet_ssd_backbone  # noqa: E402
 from .dssd import DSSDBackbone, build_dssd_backbone  # noqa: E402
 
 __all__ += ["ResNetSSD", "build_resnet_ssd_backbone", "DSSDBackbone", "build_dssd_backbone"]
+
+from .tiny_dsod import TinyDSOD, build_tiny_dsod_backbone  # noqa: E402
+from .mobilenet import MobileNetV3SSDLite, build_mobilenet_v3_ssdlite_backbone  # noqa: E402
+
+__all__ += [
+    "TinyDSOD",
+    "build_tiny_dsod_backbone",
+    "MobileNetV3SSDLite",
+    "build_mobilenet_v3_ssdlite_backbone",
+]
