@@ -259,3 +259,14 @@ def add_ssd_config(cfg):
     # A torchvision mobilenet_v3_large ImageNet state dict file to start from (e.g.
     # mobilenet_v3_large-8738ca79.pth, fetched by the user); "" trains from scratch. Default "".
     _C.MODEL.MOBILENET_V3.IMAGENET_WEIGHTS = ""
+
+    # ---- DSSD staged training: initial weights and frozen BatchNorm
+    # Weight-name prefixes that keep their initialisation when training starts from
+    # MODEL.WEIGHTS (a resumed run reads every weight of its own checkpoint). ["head"] starts
+    # every DSSD predictor fresh over an SSD checkpoint, as the official DSSD code does; the
+    # checkpointer logs every weight that was not loaded and why. Default [].
+    _C.MODEL.WEIGHTS_EXCLUDE = []
+    # Turn every BatchNorm of the model into FrozenBatchNorm2d (statistics, scale and shift
+    # fixed; the convolutions still train). The official DSSD fine-tuning (stage 2) needs it.
+    # Default False.
+    _C.MODEL.SSD.FREEZE_ALL_BN = False

@@ -16,9 +16,10 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.utils.events import EventStorage
 
 from dssd_d2.engine import SSDTrainer
+from dssd_d2.engine.checkpoint import AtomicCheckpointer
 from dssd_d2.modeling.backbone.dssd import deconv_geometry
 from dssd_d2.modeling.backbone.layers import feature_sizes
-from dssd_d2.modeling.backbone.resnet import ExtraBottleneckBlock
+from dssd_d2.modeling.backbone.resnet import ExtraBottleneckBlock, build_resnet_ssd_backbone
 
 from helpers import (
     DSSD321,
@@ -259,33 +260,151 @@ def test_stage1_freezing_trains_only_the_deconvolution_side(freeze_head):
     assert all(not p.requires_grad for n, p in model.named_parameters() if frozen(n))
 
 
-def test_ssd_checkpoint_initialises_dssd_and_reports_new_weights(tmp_path):
+def _ssd_checkpoint(tmp_path):
     torch.manual_seed(0)
     ssd = build_model(tiny_resnet_cfg(SSD321))
     DetectionCheckpointer(ssd, save_dir=str(tmp_path)).save("ssd321")
-    dssd_cfg = tiny_resnet_cfg(DSSD321)
-    dssd = build_model(dssd_cfg)  # FREEZE ["backbone.bottom_up"]: BN already frozen
-    checkpointer = DetectionCheckpointer(dssd)
-    # What DetectionCheckpointer.load logs: missing (new), unexpected and mis-shaped keys.
-    incompatible = checkpointer._load_model(torch.load(tmp_path / "ssd321.pth"))
+    return ssd, str(tmp_path / "ssd321.pth")
 
-    ssd_backbone = ssd.backbone.state_dict()
-    for key, value in dssd.backbone.bottom_up.state_dict().items():
-        assert torch.equal(value, ssd_backbone[key]), key
-    decoder = {k for k, _ in dssd.named_parameters() if k.startswith("backbone.deconv_")}
-    assert decoder and decoder <= set(incompatible.missing_keys)
-    assert not any(k.startswith("backbone.bottom_up.") for k in incompatible.missing_keys)
-    # Heads over 16-channel decoder maps cannot take the SSD heads' first convs.
-    assert all(k.startswith("head.") for k, _, _ in incompatible.incorrect_shapes)
-    # Only BatchNorm's batch counters, which FrozenBatchNorm2d has no slot for, are left over.
-    assert all(k.endswith("num_batches_tracked") for k in incompatible.unexpected_keys)
 
-    # A DSSD checkpoint loads back into DSSD without any remapping or leftovers.
-    DetectionCheckpointer(dssd, save_dir=str(tmp_path)).save("dssd321")
-    again = build_model(dssd_cfg)
-    checkpointer = DetectionCheckpointer(again)
-    incompatible = checkpointer._load_model(torch.load(tmp_path / "dssd321.pth"))
-    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+@pytest.mark.parametrize("exclude", [[], ["head"]])
+def test_ssd_checkpoint_into_dssd_reports_exactly_the_new_weights(tmp_path, exclude):
+    """Stage 1 starts from an SSD checkpoint: the ResNet-SSD is read into the bottom-up, the
+    checkpointer names every weight that is not (decoder; prediction-module convs whose input
+    width the decoder changed; with MODEL.WEIGHTS_EXCLUDE ["head"], every predictor) and the
+    rest holds the SSD's values, BatchNorm statistics included."""
+    ssd, path = _ssd_checkpoint(tmp_path)
+    cfg = tiny_resnet_cfg(DSSD321)  # FREEZE ["backbone.bottom_up"]: BatchNorm frozen
+    cfg.MODEL.WEIGHTS_EXCLUDE = exclude
+    dssd = build_model(cfg)
+    checkpointer = AtomicCheckpointer(dssd, weights_exclude=exclude)
+    checkpointer.resume_or_load(path, resume=False)
+
+    state = {k: v for k, v in dssd.state_dict().items() if not k.endswith("num_batches_tracked")}
+    decoder = {k for k in state if k.startswith("backbone.deconv_")}
+    if exclude:
+        expected = {k: "MODEL.WEIGHTS_EXCLUDE" for k in state if k.startswith("head.")}
+    else:
+        # Tiny widths: res3 32, res5 128, res6-res8 32 channels become 16 decoder channels;
+        # res9 is passed through. Only the convs that read the input change shape.
+        expected = {
+            f"head.prediction_modules.{level}.{conv}.weight": "shape"
+            for level in range(5)
+            for conv in ("conv1", "shortcut")
+        }
+    expected.update({k: "not in the file" for k in decoder})
+    assert set(checkpointer.new_weights) == set(expected)
+    for key, reason in expected.items():
+        assert checkpointer.new_weights[key].startswith(reason), key
+
+    ssd_state = ssd.state_dict()
+    for key, value in state.items():
+        if key in expected:
+            continue
+        source = key.replace("backbone.bottom_up.", "backbone.", 1)
+        assert torch.equal(value, ssd_state[source]), key
+
+    # A DSSD checkpoint loads back into DSSD whole.
+    AtomicCheckpointer(dssd, save_dir=str(tmp_path)).save("dssd321")
+    again = AtomicCheckpointer(build_model(cfg))
+    incompatible = again._load_model(torch.load(tmp_path / "dssd321.pth"))
+    assert not again.new_weights and not incompatible.unexpected_keys
+
+
+def test_weights_exclude_is_for_the_initial_weights_only(tmp_path):
+    _, path = _ssd_checkpoint(tmp_path)
+    cfg = tiny_resnet_cfg(DSSD321)
+    model = build_model(cfg)
+    with pytest.raises(ValueError, match=r"MODEL.WEIGHTS_EXCLUDE has \['heads'\]"):
+        AtomicCheckpointer(model, weights_exclude=["heads"])
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpointer = AtomicCheckpointer(model, save_dir=str(run), weights_exclude=["head"])
+    checkpointer.resume_or_load(path, resume=True)  # nothing to resume: starts from the SSD
+    assert "head.cls_score.0.weight" in checkpointer.new_weights
+    with torch.no_grad():
+        model.head.cls_score[0].weight.add_(1.0)
+    checkpointer.save("model_0000001")
+    resumed = build_model(cfg)
+    checkpointer = AtomicCheckpointer(resumed, save_dir=str(run), weights_exclude=["head"])
+    checkpointer.resume_or_load(path, resume=True)  # resumes its own run: reads everything
+    assert not checkpointer.new_weights
+    assert torch.equal(resumed.head.cls_score[0].weight, model.head.cls_score[0].weight)
+
+
+def test_freeze_all_bn_trains_convolutions_with_every_norm_fixed():
+    """DSSD stage 2 as the official code fine-tunes: everything but BatchNorm trains."""
+    torch.manual_seed(0)
+    cfg = tiny_resnet_cfg(DSSD321)
+    cfg.MODEL.SSD.FREEZE = []
+    cfg.MODEL.SSD.FREEZE_ALL_BN = True
+    model = build_model(cfg)
+    assert not [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = {n for n, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d)}
+    assert any(n.startswith("backbone.bottom_up.") for n in norms)
+    assert any(n.startswith("backbone.deconv_") for n in norms)
+    assert any(n.startswith("head.") for n in norms)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    _train_step(model, _batch(cfg.INPUT.FIXED_SIZE))
+    after = model.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(after[k], v)}
+    assert not [k for k in changed if k.rpartition(".")[0] in norms]
+    for part in ("backbone.bottom_up.", "backbone.deconv_", "head."):
+        assert any(k.startswith(part) for k in changed), part
+
+
+def test_backbones_own_their_outputs():
+    """A backbone's outputs come from its own keys, never from the model that uses it: VGG
+    outputs all its maps whatever MODEL.SSD.IN_FEATURES says, and the DSSD decoder's bottom-up is
+    the backbone its config builds on its own (the config is not rewritten)."""
+    cfg = tiny_ssd300_cfg()
+    cfg.MODEL.SSD.IN_FEATURES = ["fc7", "conv6_2", "conv7_2", "conv8_2"]
+    cfg.MODEL.ANCHOR_GENERATOR.MIN_SIZES = cfg.MODEL.ANCHOR_GENERATOR.MIN_SIZES[1:5]
+    cfg.MODEL.ANCHOR_GENERATOR.MAX_SIZES = cfg.MODEL.ANCHOR_GENERATOR.MAX_SIZES[1:5]
+    cfg.MODEL.ANCHOR_GENERATOR.STEPS = cfg.MODEL.ANCHOR_GENERATOR.STEPS[1:5]
+    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[1:5]
+    model = build_model(cfg)
+    assert list(model.backbone.output_shape()) == [
+        "conv4_3", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2"
+    ]  # fmt: skip
+    assert model.head_in_features == cfg.MODEL.SSD.IN_FEATURES
+    _train_step(model, _batch(300))
+
+    cfg = tiny_resnet_cfg(DSSD321)
+    cfg.freeze()
+    decoder = build_backbone(cfg)
+    standalone = build_resnet_ssd_backbone(cfg, ShapeSpec(channels=3))
+    assert decoder.bottom_up.output_shape() == standalone.output_shape()
+    assert list(standalone.output_shape()) == ["res3", "res5", "res6", "res7", "res8", "res9"]
+
+
+@pytest.mark.skipif(
+    "KERNEL_SIZES" not in make_cfg().MODEL.SSD_HEAD,
+    reason="needs MODEL.SSD_HEAD.KERNEL_SIZES / PREDICTION_MODULE_DIMS_PER_LEVEL (heads.py)",
+)
+def test_official_per_level_kernels_and_widths_build_and_train():
+    """The official DSSD321's 5, 5, 3, 3, 3, 3 predictors and per-level prediction-module widths
+    (as its SSD513 varies them), on the shrunk DSSD321."""
+    torch.manual_seed(0)
+    cfg = tiny_resnet_cfg(DSSD321)
+    cfg.MODEL.SSD.FREEZE = []
+    cfg.MODEL.SSD_HEAD.KERNEL_SIZES = [5, 5, 3, 3, 3, 3]
+    widths = [[4, 16], [8, 32], [8, 24], [4, 16], [4, 16], [8, 32]]
+    cfg.MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS_PER_LEVEL = widths
+    model = build_model(cfg)
+
+    def first_conv(module):
+        return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+    for level, (kernel, (_, out)) in enumerate(zip([5, 5, 3, 3, 3, 3], widths)):
+        for predictor in (model.head.cls_score[level], model.head.bbox_pred[level]):
+            conv = first_conv(predictor)
+            assert conv.kernel_size == (kernel, kernel) and conv.in_channels == out
+        assert model.head.prediction_modules[level].out_channels == out
+    before = [first_conv(model.head.cls_score[level]).weight.detach().clone() for level in (0, 1)]
+    _train_step(model, _batch(cfg.INPUT.FIXED_SIZE))
+    for level, weight in zip((0, 1), before):  # the 5x5 predictors learn
+        assert not torch.equal(first_conv(model.head.cls_score[level]).weight, weight)
 
 
 def test_retinanet_over_dssd_decoder_trains_and_infers():

@@ -70,11 +70,13 @@ def test_import_registers_every_part_and_built_in_dataset(tmp_path):
     (tmp_path / "BCCD").mkdir()  # BCCD registers when its folder exists; nothing is read yet
     registered = _registrations(tmp_path)
     bccd = [f"bccd_{split}" for split in ("test", "train", "trainval", "val")]
-    assert registered == dict(EXPECTED, datasets=bccd + ["digits_train", "digits_val"])
+    generated = ["digits_train", "digits_val", "small_digits_train", "small_digits_val"]
+    assert registered == dict(EXPECTED, datasets=bccd + generated)
 
 
 def test_bccd_is_registered_only_when_its_folder_exists(tmp_path):
-    assert _registrations(tmp_path)["datasets"] == ["digits_train", "digits_val"]
+    generated = ["digits_train", "digits_val", "small_digits_train", "small_digits_val"]
+    assert _registrations(tmp_path)["datasets"] == generated
 
 
 def test_import_without_detectron2_explains_how_to_install_it():

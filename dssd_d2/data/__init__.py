@@ -1,5 +1,5 @@
-"""Data: SSD augmentations, the box-aware mapper and builtin datasets (BCCD and the generated
-digits, registered on import)."""
+"""Data: SSD augmentations, the box-aware mapper and built-in datasets (registered on import by
+``builtin``)."""
 
 from . import builtin  # noqa: F401  (registers the built-in datasets)
 from .dataset_mapper import SSDDatasetMapper

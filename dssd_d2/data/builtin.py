@@ -1,7 +1,7 @@
 """Built-in datasets, all registered here on import (like ``detectron2/data/datasets/builtin.py``):
 BCCD (blood cells) and microcontrollers (photos of four development boards), both in the Pascal
 VOC 2007 layout, when their folders exist under ``$DETECTRON2_DATASETS``, and the generated
-digits (``data/digits.py``), always."""
+digits and small digits (``data/digits.py``, ``data/small_digits.py``), always."""
 
 import functools
 import logging
@@ -11,6 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.pascal_voc import load_voc_instances
 
 from .digits import register_digits
+from .small_digits import register_small_digits
 
 __all__ = [
     "BCCD_CLASSES",
@@ -116,3 +117,4 @@ _DATASETS_ROOT = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")
 register_all_bccd(_DATASETS_ROOT)
 register_all_microcontrollers(_DATASETS_ROOT)
 register_digits()
+register_small_digits()

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -49,6 +49,7 @@ class DigitsSplit:
     image_size: int = 128
     max_digits: int = 5
     digit_size: Tuple[int, int] = (16, 48)
+    min_digits: int = 1
 
 
 DIGITS_SPLITS: Dict[str, DigitsSplit] = {
@@ -77,14 +78,22 @@ def _source_digits(split: DigitsSplit) -> Tuple[np.ndarray, np.ndarray]:
     return digits.images[chosen] / 16.0, digits.target[chosen]
 
 
+def contrasting_colour(rng: np.random.RandomState, mean: np.ndarray) -> np.ndarray:
+    """Per channel, at least 80 levels away from ``mean``: light on dark, dark on light."""
+    light = rng.uniform(np.minimum(mean + 80, 255), 255)
+    dark = rng.uniform(0, np.maximum(mean - 80, 0))
+    return np.where(mean < 128, light, dark).astype(np.float32)
+
+
 def render_digits_image(
     rng: np.random.RandomState, ink: np.ndarray, labels: np.ndarray, split: DigitsSplit
 ) -> Tuple[np.ndarray, List[Tuple[List[float], int]]]:
     """One BGR image and its (XYWH box, class) annotations.
 
-    A linear two-colour gradient background; 1 to ``max_digits`` digits, each upscaled to a
-    random height, given a random colour that contrasts with the background and alpha-blended
-    at least 2 px away from every earlier digit. The box is the tight box of the pasted ink.
+    A linear two-colour gradient background; ``min_digits`` to ``max_digits`` digits (fewer
+    when there is no room left), each upscaled to a random height, given a random colour that
+    contrasts with the background and alpha-blended at least 2 px away from every earlier digit.
+    The box is the tight box of the pasted ink.
     """
     size = split.image_size
     ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
@@ -96,7 +105,7 @@ def render_digits_image(
 
     annotations = []
     occupied = np.zeros((size, size), dtype=bool)
-    for _ in range(rng.randint(1, split.max_digits + 1)):
+    for _ in range(rng.randint(split.min_digits, split.max_digits + 1)):
         index = rng.randint(len(labels))
         side = rng.randint(split.digit_size[0], split.digit_size[1] + 1)
         width = max(int(round(side * rng.uniform(0.7, 1.0))), split.digit_size[0] // 2)
@@ -113,11 +122,7 @@ def render_digits_image(
             continue
         occupied[y0 : y0 + h, x0 : x0 + w] = True
         background = image[y0 : y0 + h, x0 : x0 + w]
-        # Per channel, at least 80 levels away from the background: light on dark, dark on light.
-        mean = background.mean(axis=(0, 1))
-        light = rng.uniform(np.minimum(mean + 80, 255), 255)
-        dark = rng.uniform(0, np.maximum(mean - 80, 0))
-        colour = np.where(mean < 128, light, dark).astype(np.float32)
+        colour = contrasting_colour(rng, background.mean(axis=(0, 1)))
         image[y0 : y0 + h, x0 : x0 + w] = (
             background * (1 - alpha[..., None]) + colour * alpha[..., None]
         )
@@ -125,11 +130,17 @@ def render_digits_image(
     return np.round(image).astype(np.uint8), annotations
 
 
-def generate_digits_split(root: str, split_name: str) -> str:
+def generate_digits_split(
+    root: str,
+    split_name: str,
+    splits: Dict[str, DigitsSplit] = DIGITS_SPLITS,
+    render: Callable = render_digits_image,
+) -> str:
     """Write ``root/<split>/*.png`` and ``root/<split>.json`` (COCO) unless they exist; return
     the json path. Files are written to a temporary folder and moved into place at the end, so
-    an interrupted generation never leaves a half-written cache."""
-    split = DIGITS_SPLITS[split_name]
+    an interrupted generation never leaves a half-written cache. ``splits`` and ``render`` (same
+    signature as :func:`render_digits_image`) let other generated sets reuse this writer."""
+    split = splits[split_name]
     json_file = os.path.join(root, f"{split_name}.json")
     if os.path.isfile(json_file):
         return json_file
@@ -144,8 +155,8 @@ def generate_digits_split(root: str, split_name: str) -> str:
     ink, labels = _source_digits(split)
     rng = np.random.RandomState(split.seed)
     images, annotations = [], []
-    for image_id in tqdm(range(split.num_images), desc=f"Generating digits_{split_name}"):
-        image, objects = render_digits_image(rng, ink, labels, split)
+    for image_id in tqdm(range(split.num_images), desc=f"Generating {split_name} in {root}"):
+        image, objects = render(rng, ink, labels, split)
         file_name = f"{image_id:06d}.png"
         cv2.imwrite(os.path.join(staging, file_name), image)
         images.append(
@@ -187,24 +198,30 @@ def generate_digits_split(root: str, split_name: str) -> str:
     return json_file
 
 
-def _load_digits(root: str, split_name: str, dataset_name: str):
+def _load_generated(root: str, split_name: str, dataset_name: str, splits, render):
     """The split's records; ``dataset_name`` is the registered name, on whose metadata
     load_coco_json sets the category-id mapping that COCO evaluation reads back."""
-    json_file = generate_digits_split(root, split_name)
+    json_file = generate_digits_split(root, split_name, splits, render)
     return load_coco_json(json_file, os.path.join(root, split_name), dataset_name)
 
 
-def register_digits(root: Optional[str] = None, prefix: str = "digits"):
-    """Register ``{prefix}_train`` and ``{prefix}_val``; images are generated on first use."""
-    root = root or digits_root()
-    for split_name in DIGITS_SPLITS:
+def register_generated_digits(root: str, prefix: str, splits, render):
+    """Register ``{prefix}_{split}`` for each of ``splits``, drawn by ``render`` into ``root``
+    on first use, with COCO metadata (the digits set and the small-digits set)."""
+    for split_name in splits:
         name = f"{prefix}_{split_name}"
         if name in DatasetCatalog.list():
             continue
-        DatasetCatalog.register(name, functools.partial(_load_digits, root, split_name, name))
+        load = functools.partial(_load_generated, root, split_name, name, splits, render)
+        DatasetCatalog.register(name, load)
         MetadataCatalog.get(name).set(
             thing_classes=list(DIGITS_CLASSES),
             json_file=os.path.join(root, f"{split_name}.json"),
             image_root=os.path.join(root, split_name),
             evaluator_type="coco",
         )
+
+
+def register_digits(root: Optional[str] = None, prefix: str = "digits"):
+    """Register ``{prefix}_train`` and ``{prefix}_val``; images are generated on first use."""
+    register_generated_digits(root or digits_root(), prefix, DIGITS_SPLITS, render_digits_image)

@@ -58,7 +58,10 @@ class SSDTrainer(DefaultTrainer):
         # DefaultTrainer.__init__ calls this after creating its checkpointer and before the
         # PeriodicCheckpointer hook takes it: the place to put the atomic one in.
         self.checkpointer = AtomicCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self.checkpointer.model,
+            self.cfg.OUTPUT_DIR,
+            weights_exclude=self.cfg.MODEL.WEIGHTS_EXCLUDE,
+            trainer=weakref.proxy(self),
         )
         return super().build_hooks()
 

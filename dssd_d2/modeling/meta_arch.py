@@ -110,6 +110,7 @@ class SSD(DenseDetector):
         test_nms_thresh: float = 0.45,
         max_detections_per_image: int = 200,
         freeze: Sequence[str] = (),
+        freeze_all_bn: bool = False,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         input_format: str = "BGR",
@@ -145,6 +146,8 @@ class SSD(DenseDetector):
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
         freeze_parameters(self, freeze)
+        if freeze_all_bn:
+            FrozenBatchNorm2d.convert_frozen_batchnorm(self)
 
     @classmethod
     def from_config(cls, cfg):
@@ -178,6 +181,7 @@ class SSD(DenseDetector):
             "test_nms_thresh": cfg.MODEL.SSD.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "freeze": cfg.MODEL.SSD.FREEZE,
+            "freeze_all_bn": cfg.MODEL.SSD.FREEZE_ALL_BN,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,

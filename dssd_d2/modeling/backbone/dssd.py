@@ -192,12 +192,9 @@ class DSSDBackbone(Backbone):
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
-        # The bottom-up is built as the backbone of an SSD predicting from the decoder's inputs
-        # (the VGG and DSOD builders choose their outputs from MODEL.SSD.IN_FEATURES).
-        bottom_up_cfg = cfg.clone()
-        bottom_up_cfg.defrost()
-        bottom_up_cfg.MODEL.SSD.IN_FEATURES = cfg.MODEL.DSSD.IN_FEATURES
-        bottom_up = BACKBONE_REGISTRY.get(cfg.MODEL.DSSD.BOTTOM_UP)(bottom_up_cfg, input_shape)
+        # As Detectron2's FPN: the bottom-up is built from the same config, untouched; it owns
+        # its outputs and the decoder reads MODEL.DSSD.IN_FEATURES among them.
+        bottom_up = BACKBONE_REGISTRY.get(cfg.MODEL.DSSD.BOTTOM_UP)(cfg, input_shape)
         return {
             "bottom_up": bottom_up,
             "in_features": cfg.MODEL.DSSD.IN_FEATURES,

@@ -91,8 +91,10 @@ class ExtraLayers(nn.Module):
 class VGGSSD(Backbone):
     """VGG16 with pool5 3x3/s1, fc6 as a dilated 3x3 conv and fc7 as a 1x1 conv, then extra levels.
 
-    Outputs ``conv4_3`` (L2-normalised, learned scale), ``fc7`` and ``conv6_2``, ``conv7_2``, ...
-    (one per extra level). pool3 rounds up (ceil), so a 300 input gives conv4_3 at 38x38.
+    Outputs every map it computes: ``conv4_3`` (L2-normalised, learned scale), ``fc7`` and
+    ``conv6_2``, ``conv7_2``, ... (one per extra level); the model using it picks among them by
+    name (MODEL.SSD.IN_FEATURES, MODEL.DSSD.IN_FEATURES). pool3 rounds up (ceil), so a 300 input
+    gives conv4_3 at 38x38.
     Module names follow VGG's (``conv1_1`` ... ``fc7``) so converted ImageNet weights load by name.
     ``norm`` (off in the SSD paper) adds BatchNorm after every conv, for training from scratch.
     """
@@ -108,7 +110,6 @@ class VGGSSD(Backbone):
         norm: str = "",
         extras: ExtraLayers,
         in_channels: int = 3,
-        out_features: Sequence[str] = (),
     ):
         super().__init__()
         self._stage_convs: List[Sequence[str]] = []
@@ -139,10 +140,7 @@ class VGGSSD(Backbone):
         strides = [8, 16] + [16 * 2 ** (i + 1) for i in range(len(extras.levels))]
         self._out_feature_channels = dict(zip(names, channels))
         self._out_feature_strides = dict(zip(names, strides))
-        self._out_features = list(out_features) or names
-        unknown = set(self._out_features) - set(names)
-        if unknown:
-            raise ValueError(f"MODEL.SSD.IN_FEATURES has {sorted(unknown)}; VGGSSD offers {names}")
+        self._out_features = names
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -161,7 +159,6 @@ class VGGSSD(Backbone):
                 cfg.MODEL.SSD_EXTRAS.NORM,
             ),
             "in_channels": input_shape.channels,
-            "out_features": cfg.MODEL.SSD.IN_FEATURES,
         }
 
     def forward(self, x) -> Dict[str, torch.Tensor]:
@@ -179,7 +176,7 @@ class VGGSSD(Backbone):
         outputs["fc7"] = x
         for i, feature in enumerate(self.extras(x)):
             outputs[f"conv{i + 6}_2"] = feature
-        return {name: outputs[name] for name in self._out_features}
+        return outputs
 
 
 @BACKBONE_REGISTRY.register()
