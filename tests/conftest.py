@@ -1,6 +1,8 @@
 """Shared test helpers: configs for full-size and shrunk models, random images with boxes."""
 
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -71,7 +73,9 @@ def register_random_dataset(
     for i in range(num_images):
         h, w = int(rng.randint(*size_range)), int(rng.randint(*size_range))
         path = os.path.join(str(folder), f"{name}_{i}.png")
-        cv2.imwrite(path, rng.randint(0, 256, (h, w, 3)).astype(np.uint8))
+        pixels = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
+        if not os.path.exists(path):  # processes that register it again read the same files
+            cv2.imwrite(path, pixels)
         annotations = []
         for _ in range(0 if empty_last and i == num_images - 1 else boxes_per_image):
             x0, y0 = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
@@ -89,6 +93,43 @@ def register_random_dataset(
     DatasetCatalog.register(name, lambda: dicts)
     MetadataCatalog.get(name).set(thing_classes=["a", "b", "c"])
     return name
+
+
+# ---------------------------------------------------------------- train_net.py in a subprocess
+# Runs train_net.py's command line in a fresh interpreter. The random dataset is registered in
+# the launcher (which writes its images) and again in every process that Detectron2's launch
+# spawns for --num-gpus N, since spawned processes start from a fresh interpreter too.
+LAUNCHER = """
+import functools, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import conftest, train_net
+conftest.register_random_dataset({name!r}, {folder!r}, **{kwargs!r})
+worker = functools.partial(conftest.main_with_random_dataset, {name!r}, {folder!r}, {kwargs!r})
+train_net.launch_from_args(worker, train_net.default_argument_parser().parse_args())
+"""
+
+
+def main_with_random_dataset(name, folder, dataset_kwargs, args):
+    """train_net.main in one process, after registering the random dataset there."""
+    register_random_dataset(name, folder, **dataset_kwargs)
+    import train_net
+
+    return train_net.main(args)
+
+
+def start_train_net(folder, log, *args, dataset="dssd_d2_test_random", **dataset_kwargs):
+    """Start ``train_net.py *args`` (one thread per process, output to ``log``) with the random
+    dataset ``dataset`` (``register_random_dataset(dataset, folder, **dataset_kwargs)``)."""
+    code = LAUNCHER.format(
+        root=ROOT,
+        tests=os.path.join(ROOT, "tests"),
+        name=dataset,
+        folder=str(folder),
+        kwargs=dataset_kwargs,
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-c", code, *args]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def train_and_track(cfg, output_dir):
