@@ -175,10 +175,10 @@ def kill_and_resume(tmp_path, cfg, *launch_args):
 
     with open(tmp_path / "first.log", "wb") as log:
         first = start_train_net(tmp_path, log, "--config-file", cfg_file, *launch_args)
-        deadline = time.time() + 120
+        deadline = time.time() + 600  # only bounds a hang: a busy machine can be very slow
         while not os.path.exists(os.path.join(out, "last_checkpoint")):
             assert first.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.time() < deadline, "no checkpoint within 120 s"
+            assert time.time() < deadline, "no checkpoint within 600 s"
             time.sleep(0.05)
         assert first.poll() is None, "the run ended before it could be killed"
         children = _children(first.pid)
@@ -198,7 +198,7 @@ def kill_and_resume(tmp_path, cfg, *launch_args):
         resumed = start_train_net(
             tmp_path, log, "--config-file", cfg_file, "--resume", *launch_args
         )
-        assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
+        assert resumed.wait(timeout=900) == 0, (tmp_path / "resumed.log").read_text()
     resumed_log = (tmp_path / "resumed.log").read_text()
     assert f"Starting training from iteration {resume_from}" in resumed_log
     assert _last_checkpoint(out) == "model_final.pth"

@@ -4,6 +4,7 @@ gradient accumulation), evaluate to the same AP, sum their skipped images, and a
 two-process train_net.py run resumes to the end."""
 
 import os
+import socket
 
 import pytest
 import torch
@@ -16,7 +17,13 @@ from detectron2.utils.env import seed_all_rng
 from dssd_d2.engine import SSDTrainer
 from dssd_d2.engine.distributed import check_batch_norm_batches
 
-from conftest import make_cfg, register_random_dataset, tiny_ssd300_cfg, train_and_track
+from conftest import (
+    make_cfg,
+    register_random_dataset,
+    start_train_net,
+    tiny_ssd300_cfg,
+    train_and_track,
+)
 from test_crashes import _tiny_run_cfg, kill_and_resume
 from test_dsod import tiny_dsod_cfg
 from test_dssd import tiny_cfg as tiny_dssd_cfg
@@ -60,9 +67,11 @@ def _cfg(folder, output, dataset=DATASET, changes=None):
     return cfg
 
 
-# name -> config changes; every variant trains 3 iterations at 4 images per iteration.
+# name -> config changes; every variant trains 3 iterations.
 VARIANTS = {
     "plain": {},  # no BatchNorm, 2 images per process
+    # 2 images per process. (At 1, the 1x1 map's statistics come from 2 values whose variance
+    # can be near 0, and 1 / sqrt(variance) blows float noise up: no use for comparing.)
     "sync_bn": {"MODEL.VGG.NORM": "naiveSyncBN", "MODEL.SSD_EXTRAS.NORM": "naiveSyncBN"},
     "accumulation": {"SOLVER.IMS_PER_BATCH": 2, "SOLVER.ACCUMULATION_STEPS": 2},  # 1 per process
 }
@@ -92,11 +101,11 @@ def _two_process_worker(folder):
     evaluate it; then train on BAD_DATASET and report the skipped images."""
     _register(folder)
     report = {}
-    for variant in VARIANTS:
-        cfg = _variant_cfg(folder, variant, processes=2)
-        trainer = _train(cfg)
-        report[variant] = SSDTrainer.test(cfg, trainer.model)  # gathered on rank 0
-    trainer = _train(_cfg(folder, "skips_2", dataset=BAD_DATASET))
+    for variant in VARIANTS:  # trained, then evaluated (gathered on rank 0)
+        report[variant] = _train(_variant_cfg(folder, variant, processes=2))._last_eval_results
+    cfg = _cfg(folder, "skips_2", dataset=BAD_DATASET)
+    cfg.DATASETS.TEST = ()
+    trainer = _train(cfg)
     local = trainer._trainer.data_loader.skipped
     logged, _ = trainer.storage.latest()["data/skipped_images"]
     report["skipped"] = (comm.all_gather(local), logged)
@@ -124,23 +133,67 @@ def _final_weights(cfg):
     return torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))["model"]
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_two_processes_train_the_weights_of_one(runs, variant):
-    folder, _ = runs
-    one = _variant_cfg(folder, variant, processes=1)
-    _train(one)
-    got, want = _final_weights(_variant_cfg(folder, variant, processes=2)), _final_weights(one)
+def _one_process(folder, variant):
+    """The variant trained in this process (once), as the reference."""
+    cfg = _variant_cfg(folder, variant, processes=1)
+    if not os.path.exists(os.path.join(cfg.OUTPUT_DIR, "model_final.pth")):
+        _train(cfg)
+    return _final_weights(cfg)
+
+
+def _norm(tensors):
+    return float(sum(t.double().norm() ** 2 for t in tensors) ** 0.5)
+
+
+def _assert_same_training(folder, got, want):
+    """Same weights within float tolerance, and the differences are float noise next to what
+    the training steps changed."""
     init = torch.load(os.path.join(folder, "init.pth"))["model"]
     # naiveSyncBN's running variance is the biased one and BatchNorm's (one process) the
     # unbiased one; parameters and running means agree.
     compared = [k for k in want if not k.endswith(("running_var", "num_batches_tracked"))]
-    assert any(k.endswith("running_mean") for k in compared) == (variant == "sync_bn")
     for key in compared:
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
     # and the differences are float noise next to what the three steps changed
-    norm = lambda tensors: float(sum(t.double().norm() ** 2 for t in tensors) ** 0.5)
-    moved = norm(want[k] - init[k] for k in compared if k in init)
-    assert norm(got[k] - want[k] for k in compared) < 1e-3 * moved
+    moved = _norm(want[k] - init[k] for k in compared if k in init)
+    assert _norm(got[k] - want[k] for k in compared) < 1e-3 * moved
+    return compared
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_two_processes_train_the_weights_of_one(runs, variant):
+    folder, _ = runs
+    got = _final_weights(_variant_cfg(folder, variant, processes=2))
+    compared = _assert_same_training(folder, got, _one_process(folder, variant))
+    assert any(k.endswith("running_mean") for k in compared) == (variant == "sync_bn")
+
+
+def test_two_machines_train_the_weights_of_one_process(runs, tmp_path):
+    """train_net.py's --num-machines, --machine-rank and --dist-url: two "machines" of one
+    process each (two launchers on this host)."""
+    folder, _ = runs
+    cfg = _variant_cfg(folder, "plain", processes="machines")
+    cfg.SEED = SEED  # default_setup seeds each process with SEED + rank, as _train does
+    cfg_file = str(tmp_path / "plain.yaml")
+    with open(cfg_file, "w") as f:
+        f.write(cfg.dump())
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    logs = [tmp_path / f"machine{rank}.log" for rank in (0, 1)]
+    machines = []
+    for rank, log in enumerate(logs):
+        with open(log, "wb") as f:
+            args = ["--num-machines", "2", "--machine-rank", str(rank), "--dist-url", url]
+            machines.append(
+                start_train_net(
+                    folder, f, "--config-file", cfg_file, *args, dataset=DATASET, num_images=8
+                )
+            )
+    for machine, log in zip(machines, logs):
+        assert machine.wait(timeout=900) == 0, log.read_text()
+    assert "Rank of current process: 0. World size: 2" in logs[0].read_text()
+    _assert_same_training(folder, _final_weights(cfg), _one_process(folder, "plain"))
 
 
 def test_two_process_evaluation_gives_the_ap_of_one(runs):

@@ -73,8 +73,8 @@ def images_per_process(cfg: CfgNode) -> int:
 
 
 def _batch_norm_inputs(model: nn.Module, cfg: CfgNode) -> Dict[str, Tuple[int, ...]]:
-    """Input shape (C, H, W) of every training-mode BatchNorm that one FIXED_SIZE image (padded as the
-    model pads it) passes through in ``model.backbone`` and, for a DenseDetector (SSD,
+    """Input shape (C, H, W) of every training-mode BatchNorm that one FIXED_SIZE image (padded
+    as the model pads it) passes through in ``model.backbone`` and, for a DenseDetector (SSD,
     RetinaNet), ``model.head``: a shape-only pass on the meta device."""
     backbone = getattr(model, "backbone", None)
     if backbone is None:
@@ -138,7 +138,7 @@ def _norm_keys(cfg: CfgNode, module_names: List[str]) -> Dict[str, str]:
         probe_cfg.MODEL.DEVICE = "cpu"
         try:
             probe = build_model(probe_cfg)
-        except Exception:  # noqa: BLE001  (then the message lists no key rather than none)
+        except Exception:  # noqa: BLE001  (a config that cannot take the probes: no key named)
             continue
         for key, norm in probed.items():
             if any(_PROBES[norm](probe.get_submodule(n)) for n in module_names):
@@ -181,8 +181,8 @@ def check_batch_norm_batches(cfg: CfgNode, model: nn.Module):
         f"(SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} over {world_size} process(es), "
         f"INPUT.FIXED_SIZE {cfg.INPUT.FIXED_SIZE}):\n" + "\n".join(listed) + "\n"
         f"They are built by {key_text}. Fixes, one of:\n"
-        f'  - {key} "GN": GroupNorm, statistics per image (channels divisible by 32), for '
-        "layers trained from scratch;\n"
+        f'  - {key} "GN": GroupNorm, statistics per image (32 groups of 2 channels or more), '
+        "for layers trained from scratch;\n"
         f'  - {key} "FrozenBN": fixed statistics and affine, for layers loaded from a trained '
         "model (what the official DSSD code does when it fine-tunes at one image per GPU);\n"
         f'  - {key} "naiveSyncBN": statistics over the batches of all processes, on CPU (gloo) '
