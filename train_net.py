@@ -3,14 +3,19 @@
 
 python train_net.py --config-file configs/PascalVOC-Detection/ssd300_vgg16.yaml --num-gpus 8
 python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+
+``--num-gpus N`` starts N processes (on a machine without a GPU, N CPU processes over gloo);
+``--num-machines``, ``--machine-rank`` and ``--dist-url`` spread them over machines.
 """
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
 
 from dssd_d2 import get_ssd_cfg
 from dssd_d2.engine import SSDTrainer
+from dssd_d2.engine.distributed import die_with_launcher
 
 
 def setup(args):
@@ -21,27 +26,35 @@ def setup(args):
 
 
 def main(args):
+    """One process: all of them train (or evaluate) together, the main one writes."""
+    die_with_launcher()
     cfg = setup(args)
     if args.eval_only:
         model = SSDTrainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        results = SSDTrainer.test(cfg, model)
-        verify_results(cfg, results)
+        results = SSDTrainer.test(cfg, model)  # the evaluators gather on the main process
+        if comm.is_main_process():
+            verify_results(cfg, results)
         return results
     trainer = SSDTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+def launch_from_args(main_func, args):
+    """Detectron2's ``launch`` of ``main_func(args)`` with the command line's process, machine
+    and address arguments (tests pass a ``main_func`` that first registers their datasets)."""
     launch(
-        main,
+        main_func,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+if __name__ == "__main__":
+    launch_from_args(main, default_argument_parser().parse_args())

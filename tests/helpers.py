@@ -6,6 +6,8 @@ Fixtures live in conftest.py; no test module imports another.
 
 import json
 import os
+import subprocess
+import sys
 from xml.etree import ElementTree as ET
 
 import cv2
@@ -144,7 +146,9 @@ def register_random_dataset(
     for i in range(num_images):
         h, w = int(rng.randint(*size_range)), int(rng.randint(*size_range))
         path = os.path.join(str(folder), f"{name}_{i}.png")
-        cv2.imwrite(path, rng.randint(0, 256, (h, w, 3)).astype(np.uint8))
+        pixels = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
+        if not os.path.exists(path):  # processes that register it again read the same files
+            cv2.imwrite(path, pixels)
         annotations = []
         for _ in range(0 if empty_last and i == num_images - 1 else boxes_per_image):
             x0, y0 = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
@@ -383,3 +387,40 @@ def assert_same_detections(actual, expected, score_tol=1e-4, box_tol=0.05):
         ]
         assert match, f"no exported detection matches {label}, {score}, {box}"
         unmatched.remove(match[0])
+
+
+# ---------------------------------------------------------------- train_net.py in a subprocess
+# Runs train_net.py's command line in a fresh interpreter. The random dataset is registered in
+# the launcher (which writes its images) and again in every process that Detectron2's launch
+# spawns for --num-gpus N, since spawned processes start from a fresh interpreter too.
+LAUNCHER = """
+import functools, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import helpers, train_net
+helpers.register_random_dataset({name!r}, {folder!r}, **{kwargs!r})
+worker = functools.partial(helpers.main_with_random_dataset, {name!r}, {folder!r}, {kwargs!r})
+train_net.launch_from_args(worker, train_net.default_argument_parser().parse_args())
+"""
+
+
+def main_with_random_dataset(name, folder, dataset_kwargs, args):
+    """train_net.main in one process, after registering the random dataset there."""
+    register_random_dataset(name, folder, **dataset_kwargs)
+    import train_net
+
+    return train_net.main(args)
+
+
+def start_train_net(folder, log, *args, dataset="dssd_d2_test_random", **dataset_kwargs):
+    """Start ``train_net.py *args`` (one thread per process, output to ``log``) with the random
+    dataset ``dataset`` (``register_random_dataset(dataset, folder, **dataset_kwargs)``)."""
+    code = LAUNCHER.format(
+        root=ROOT,
+        tests=os.path.join(ROOT, "tests"),
+        name=dataset,
+        folder=str(folder),
+        kwargs=dataset_kwargs,
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-c", code, *args]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

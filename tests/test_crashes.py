@@ -1,10 +1,9 @@
 """Crashes never lose work: checkpoints are atomic and never hold NaN weights, a NaN loss stops
 the run with a clear message, and a run killed with SIGKILL resumes to the same end."""
 
+import glob
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,7 +18,7 @@ from dssd_d2.engine import SSDTrainer
 from dssd_d2.engine import checkpoint as checkpoint_module
 from dssd_d2.engine.checkpoint import AtomicCheckpointer
 
-from helpers import ROOT, register_random_dataset, tiny_ssd300_cfg
+from helpers import register_random_dataset, start_train_net, tiny_ssd300_cfg
 
 
 def _last_checkpoint(folder):
@@ -142,42 +141,53 @@ def test_weights_that_blow_up_are_not_checkpointed(tmp_path):
 
 
 # ---------------------------------------------------------------- SIGKILL and --resume
-# train_net.py in a fresh interpreter, with the test's random dataset registered first.
-LAUNCHER = """
-import sys
-sys.path[:0] = [{root!r}, {tests!r}]
-from helpers import register_random_dataset
-register_random_dataset("dssd_d2_test_random", {folder!r})
-import train_net
-train_net.main(train_net.default_argument_parser().parse_args())
-"""
+def _children(pid):
+    """Ids of the processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            continue
+        if parent == pid:
+            found.append(int(stat.split("/")[2]))
+    return found
 
 
-def _train_net(tmp_path, cfg_file, log, *extra):
-    code = LAUNCHER.format(root=ROOT, tests=os.path.join(ROOT, "tests"), folder=str(tmp_path))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-c", code, "--config-file", cfg_file, *extra]
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # zombie: dead
+    except OSError:
+        return False
 
 
-def test_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
-    max_iter = 40
-    cfg = _tiny_run_cfg(tmp_path, max_iter=max_iter, checkpoint_period=5)
+def kill_and_resume(tmp_path, cfg, *launch_args):
+    """Run train_net.py on ``cfg`` (plus ``launch_args``, e.g. --num-gpus 2), SIGKILL it once a
+    checkpoint is on disk, check that no process it started outlives it, then run it again
+    with --resume: it must end where an uninterrupted run would, with a finite, loadable final
+    checkpoint. Returns the resumed run's log."""
     cfg_file = str(tmp_path / "tiny.yaml")
     with open(cfg_file, "w") as f:
         f.write(cfg.dump())
     out = cfg.OUTPUT_DIR
 
     with open(tmp_path / "first.log", "wb") as log:
-        first = _train_net(tmp_path, cfg_file, log)
-        deadline = time.time() + 120
+        first = start_train_net(tmp_path, log, "--config-file", cfg_file, *launch_args)
+        deadline = time.time() + 600  # only bounds a hang: a busy machine can be very slow
         while not os.path.exists(os.path.join(out, "last_checkpoint")):
             assert first.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.time() < deadline, "no checkpoint within 120 s"
+            assert time.time() < deadline, "no checkpoint within 600 s"
             time.sleep(0.05)
         assert first.poll() is None, "the run ended before it could be killed"
+        children = _children(first.pid)
         os.kill(first.pid, signal.SIGKILL)
         assert first.wait() == -signal.SIGKILL
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in children):  # workers must not train on as orphans
+        assert time.time() < deadline, f"processes {children} outlived their launcher"
+        time.sleep(0.05)
     killed_at = _last_checkpoint(out)
     assert killed_at != "model_final.pth" and not os.path.exists(
         os.path.join(out, "model_final.pth")
@@ -185,15 +195,23 @@ def test_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
     resume_from = int(killed_at[len("model_") : -len(".pth")]) + 1
 
     with open(tmp_path / "resumed.log", "wb") as log:
-        assert _train_net(tmp_path, cfg_file, log, "--resume").wait(timeout=300) == 0
+        resumed = start_train_net(
+            tmp_path, log, "--config-file", cfg_file, "--resume", *launch_args
+        )
+        assert resumed.wait(timeout=900) == 0, (tmp_path / "resumed.log").read_text()
     resumed_log = (tmp_path / "resumed.log").read_text()
     assert f"Starting training from iteration {resume_from}" in resumed_log
     assert _last_checkpoint(out) == "model_final.pth"
     final = torch.load(os.path.join(out, "model_final.pth"))
-    assert final["iteration"] == max_iter - 1  # what an uninterrupted run saves
+    assert final["iteration"] == cfg.SOLVER.MAX_ITER - 1  # what an uninterrupted run saves
     _assert_finite_checkpoint(os.path.join(out, "model_final.pth"))
 
     model = build_model(cfg)
     DetectionCheckpointer(model).load(os.path.join(out, "model_final.pth"))
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, final["model"][key], msg=key)
+    return resumed_log
+
+
+def test_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
+    kill_and_resume(tmp_path, _tiny_run_cfg(tmp_path, max_iter=40, checkpoint_period=5))

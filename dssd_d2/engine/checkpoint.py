@@ -56,7 +56,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
     makes ``--resume`` fail. Here both are written to a temporary file and renamed, and
     ``last_checkpoint`` moves only once the checkpoint it names is complete, so a kill leaves the
     previous pair intact. A model with a NaN or infinite weight is not saved (FloatingPointError)
-    so that the last checkpoint on disk is always one to resume from.
+    so that the last checkpoint on disk is always one to resume from. In multi-process training
+    only the main process writes (Detectron2's ``save_to_disk``), checkpoints and
+    ``last_checkpoint`` alike.
 
     Loading reports the weights that were not read from the file and keep their initialisation
     (``new_weights``: name -> why), e.g. the decoder and some prediction modules when a DSSD
@@ -68,7 +70,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir="", *, weights_exclude: Sequence[str] = (), **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.weights_exclude = tuple(p.rstrip(".") for p in weights_exclude)
-        names = list(model.state_dict())
+        names = list(self.model.state_dict())  # fvcore unwraps DDP into self.model
         unknown = [p for p in self.weights_exclude if not any(_under(k, [p]) for k in names)]
         if unknown:
             raise ValueError(f"MODEL.WEIGHTS_EXCLUDE has {unknown}, which name no model weight")
@@ -129,14 +131,18 @@ class AtomicCheckpointer(DetectionCheckpointer):
             self.logger.warning(get_unexpected_parameters_message(incompatible.unexpected_keys))
 
     def save(self, name: str, **kwargs):
-        if not self.save_dir or not self.save_to_disk:
+        if not self.save_dir:
             return
+        # Checked in every process, though only the main one writes, so that all of them stop
+        # with this message rather than the others waiting for a main process that is gone.
         for key, value in self.model.state_dict().items():
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise FloatingPointError(
                     f"Not saving checkpoint {name}: weight {key} has NaN or infinite values "
                     f"(the last good checkpoint is {self.get_checkpoint_file() or 'none'})"
                 )
+        if not self.save_to_disk:  # not the main process
+            return
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()

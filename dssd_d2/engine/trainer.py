@@ -1,5 +1,6 @@
 """Trainer and predictor wired to SSD's data pipeline (fixed-square resize, box-aware mapper)."""
 
+import logging
 import os
 import weakref
 
@@ -13,14 +14,23 @@ from detectron2.data import (
 )
 from detectron2.data import transforms as T
 from detectron2.data.samplers import InferenceSampler
-from detectron2.engine import DefaultPredictor, DefaultTrainer
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultPredictor,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+)
 from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..data import SSDDatasetMapper
 from ..data.validation import SkipCountingLoader, check_dataset_classes
 from ..evaluation import PascalVOCDetectionEvaluatorWithClassAP
 from .accumulation import GradientAccumulationTrainer
 from .checkpoint import AtomicCheckpointer
+from .distributed import check_batch_norm_batches, create_ddp_model
 
 __all__ = ["SSDPredictor", "SSDTrainer", "build_evaluator"]
 
@@ -47,23 +57,59 @@ class SSDTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        # SOLVER.ACCUMULATION_STEPS > 1: each iteration accumulates that many micro-batches.
-        if cfg.SOLVER.ACCUMULATION_STEPS != 1:  # < 1 is rejected with a message
-            self._trainer = GradientAccumulationTrainer.from_trainer(
-                self._trainer, cfg.SOLVER.ACCUMULATION_STEPS
-            )
+        """DefaultTrainer.__init__ (same parts, same order) except that: the model is checked
+        for BatchNorms that would crash at this per-process batch before anything else is
+        built; DDP gets device ids only on a GPU, so that multi-process training also runs on
+        CPU-only machines (gloo); SOLVER.ACCUMULATION_STEPS > 1 accumulates micro-batches; the
+        checkpointer is the atomic one."""
+        TrainerBase.__init__(self)
+        logger = logging.getLogger("detectron2")
+        if not logger.isEnabledFor(logging.INFO):  # setup_logger is not called for d2
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
 
-    def build_hooks(self):
-        # DefaultTrainer.__init__ calls this after creating its checkpointer and before the
-        # PeriodicCheckpointer hook takes it: the place to put the atomic one in.
+        model = self.build_model(cfg)
+        check_batch_norm_batches(cfg, model)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+
+        model = create_ddp_model(model, broadcast_buffers=False)
+        step = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        if cfg.SOLVER.ACCUMULATION_STEPS != 1:  # < 1 is rejected with a message
+            step = GradientAccumulationTrainer.from_trainer(step, cfg.SOLVER.ACCUMULATION_STEPS)
+        self._trainer = step
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        # Written by the main process only (Detectron2's save_to_disk), atomically.
         self.checkpointer = AtomicCheckpointer(
-            self.checkpointer.model,
-            self.cfg.OUTPUT_DIR,
-            weights_exclude=self.cfg.MODEL.WEIGHTS_EXCLUDE,
+            model,
+            cfg.OUTPUT_DIR,
+            weights_exclude=cfg.MODEL.WEIGHTS_EXCLUDE,
             trainer=weakref.proxy(self),
         )
-        return super().build_hooks()
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        """DefaultTrainer's, after checking that every process would resume from the same
+        checkpoint: with OUTPUT_DIR on a disk that other machines do not see, they would start
+        from MODEL.WEIGHTS at iteration 0 with fresh optimizer states while the main process
+        resumes, and the processes would silently train apart."""
+        if resume and comm.get_world_size() > 1:
+            checkpointer = self.checkpointer
+            found = checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else ""
+            every = comm.all_gather(os.path.basename(found))
+            if len(set(every)) > 1:
+                raise RuntimeError(
+                    f"--resume: the processes see different last checkpoints in OUTPUT_DIR "
+                    f"{self.cfg.OUTPUT_DIR} ({every}, by global rank); a multi-machine run "
+                    "needs OUTPUT_DIR on a file system that every machine shares"
+                )
+        super().resume_or_load(resume=resume)
 
     def run_step(self):
         try:
@@ -77,7 +123,9 @@ class SSDTrainer(DefaultTrainer):
             ) from e
         loader = self._trainer.data_loader
         if isinstance(loader, SkipCountingLoader):  # a subclass may build its own loader
-            self.storage.put_scalar("data/skipped_images", loader.skipped, smoothing_hint=False)
+            # Each process skips in its own share of the data: log the total.
+            skipped = sum(comm.all_gather(loader.skipped))
+            self.storage.put_scalar("data/skipped_images", skipped, smoothing_hint=False)
 
     @classmethod
     def build_train_loader(cls, cfg):

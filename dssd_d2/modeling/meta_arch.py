@@ -4,6 +4,7 @@ import logging
 from typing import Dict, List, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -14,6 +15,7 @@ from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .backbone.layers import feature_sizes
@@ -79,6 +81,20 @@ def _check_prior_steps(steps: Sequence[float], map_sizes: List[Tuple[int, int]],
                 f"pixels, but INPUT.FIXED_SIZE is {size}; use STEPS of about INPUT.FIXED_SIZE / "
                 f"map size: {[round(size / max(m), 2) for m in map_sizes]}"
             )
+
+
+def _positives_normalizer(pos_mask: Tensor, num_images: int) -> float:
+    """What each process divides its losses by: the positives of the whole batch (over all
+    processes) / the number of processes. DDP averages the processes' gradients, so the result
+    is the gradient of one process holding the whole batch, divided by its positives as SSD
+    does; dividing by each process's own count would weigh images by how crowded their share of
+    the batch is. (Detectron2's RetinaNet instead divides by a per-process moving average.)"""
+    num_pos, world_size = pos_mask.sum(), comm.get_world_size()
+    if world_size > 1:
+        dist.all_reduce(num_pos)
+    num_pos = num_pos.item()
+    get_event_storage().put_scalar("num_pos_anchors", num_pos / (num_images * world_size))
+    return max(num_pos, 1) / world_size
 
 
 @META_ARCH_REGISTRY.register()
@@ -221,9 +237,7 @@ class SSD(DenseDetector):
     def losses(self, anchors, pred_logits, gt_labels, pred_deltas, gt_boxes) -> Dict[str, Tensor]:
         gt_labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = gt_labels != self.num_classes
-        num_pos = pos_mask.sum().item()
-        get_event_storage().put_scalar("num_pos_anchors", num_pos / gt_labels.shape[0])
-        normalizer = max(num_pos, 1)
+        normalizer = _positives_normalizer(pos_mask, gt_labels.shape[0])
 
         logits = cat(pred_logits, dim=1)  # (N, R, K + 1)
         cls_loss = F.cross_entropy(

@@ -55,21 +55,24 @@ def extra_level_settings(
     ]
 
 
-def feature_sizes(backbone: Backbone, image_size: Tuple[int, int], in_channels: int = 3):
-    """(H, W) of every output of ``backbone`` for one ``image_size`` input.
-
-    Runs the backbone on the meta device: shapes only, no arithmetic and no change to its state,
-    so it costs milliseconds even for ResNet-101 at 513x513.
-    """
+def meta_call(module: nn.Module, *inputs):
+    """``module(*inputs)`` on the meta device, in eval mode: shapes only, no arithmetic and no
+    change to the module's state (its parameters, buffers and train/eval flags stay as they
+    were), so it costs milliseconds even for ResNet-101 at 513x513. Forward hooks still run."""
     meta_state = {
         name: torch.empty_like(tensor, device="meta")
-        for name, tensor in itertools.chain(backbone.named_parameters(), backbone.named_buffers())
+        for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers())
     }
-    image = torch.empty(1, in_channels, *image_size, device="meta")
-    was_training = backbone.training
-    backbone.eval()  # batch of one: BatchNorm must not need batch statistics
+    modes = {m: m.training for m in module.modules()}
+    module.eval()  # batch of one: BatchNorm must not need batch statistics
     try:
-        outputs = functional_call(backbone, meta_state, (image,))
+        return functional_call(module, meta_state, inputs)
     finally:
-        backbone.train(was_training)
-    return {name: tuple(x.shape[-2:]) for name, x in outputs.items()}
+        for m, training in modes.items():
+            m.training = training
+
+
+def feature_sizes(backbone: Backbone, image_size: Tuple[int, int], in_channels: int = 3):
+    """(H, W) of every output of ``backbone`` for one ``image_size`` input (a :func:`meta_call`)."""
+    image = torch.empty(1, in_channels, *image_size, device="meta")
+    return {name: tuple(x.shape[-2:]) for name, x in meta_call(backbone, image).items()}

@@ -1,0 +1,192 @@
+"""Multi-process training through Detectron2's ``launch``, on GPU machines (NCCL) and on CPU-only
+machines (gloo): DDP with device ids only on a GPU, workers that die with their launcher, and a
+build-time check that no training BatchNorm would see a single value per channel."""
+
+import ctypes
+import functools
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import sys
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from detectron2.config import CfgNode
+from detectron2.engine import create_ddp_model as d2_create_ddp_model
+from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
+from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import ImageList
+from detectron2.utils import comm
+
+from ..modeling.backbone.layers import meta_call
+
+__all__ = [
+    "check_batch_norm_batches",
+    "create_ddp_model",
+    "die_with_launcher",
+    "images_per_process",
+]
+
+# get_norm names that build a BatchNorm computing batch statistics in training.
+_BATCH_NORM_NAMES = ("BN", "SyncBN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N")
+# BatchNorms whose statistics are taken over the batches of all processes.
+_SYNC_BATCH_NORMS = (nn.SyncBatchNorm, NaiveSyncBatchNorm)
+_MAX_LISTED = 8
+
+logger = logging.getLogger(__name__)
+
+
+def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
+    """Detectron2's ``create_ddp_model`` (the model itself in a single process), with device
+    ids only for a model on a GPU: Detectron2 always passes ``[local_rank]``, which DDP refuses
+    for a CPU model, so ``--num-gpus N`` crashed on a machine without a GPU (gloo)."""
+    if comm.get_world_size() > 1 and "device_ids" not in kwargs:
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        kwargs["device_ids"] = [comm.get_local_rank()] if on_gpu else None
+    return d2_create_ddp_model(model, **kwargs)
+
+
+def die_with_launcher():
+    """In a worker that Detectron2's ``launch`` spawned, have Linux SIGKILL it when the launching
+    process dies. Otherwise ``kill -9`` of the launcher (or the OOM killer choosing it) leaves
+    orphaned workers that keep training and writing checkpoints beside a resumed run. No-op in
+    the launching process itself and off Linux."""
+    parent = multiprocessing.parent_process()
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1  # from <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent.pid:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def images_per_process(cfg: CfgNode) -> int:
+    """Images in one forward pass of one process: SOLVER.IMS_PER_BATCH is the total over all
+    processes (Detectron2's convention), whatever SOLVER.ACCUMULATION_STEPS is."""
+    return max(cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(), 1)
+
+
+def _batch_norm_inputs(model: nn.Module, cfg: CfgNode) -> Dict[str, Tuple[int, ...]]:
+    """Input shape (C, H, W) of every training-mode BatchNorm that one FIXED_SIZE image (padded
+    as the model pads it) passes through in ``model.backbone`` and, for a DenseDetector (SSD,
+    RetinaNet), ``model.head``: a shape-only pass on the meta device."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return {}
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.training}
+    shapes = {}  # a module run on several maps (a head shared across levels) keeps the smallest
+
+    def record(name, module, args):
+        shape = tuple(args[0].shape[1:])
+        if name not in shapes or math.prod(shape[1:]) < math.prod(shapes[name][1:]):
+            shapes[name] = shape
+
+    hooks = [m.register_forward_pre_hook(functools.partial(record, n)) for n, m in norms.items()]
+    try:
+        in_channels, size = len(cfg.MODEL.PIXEL_MEAN), cfg.INPUT.FIXED_SIZE
+        image = ImageList.from_tensors(
+            [torch.empty(in_channels, size, size, device="meta")],
+            backbone.size_divisibility,
+            padding_constraints=backbone.padding_constraints,
+        ).tensor
+        features = meta_call(backbone, image)
+        if isinstance(model, DenseDetector):
+            meta_call(model.head, [features[f] for f in model.head_in_features])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes
+
+
+# Norm names whose modules tell each other apart, so that one rebuild with a different one on
+# each *.NORM key shows which key built which module.
+_PROBES = {
+    "FrozenBN": lambda m: isinstance(m, FrozenBatchNorm2d),
+    "naiveSyncBN": lambda m: isinstance(m, NaiveSyncBatchNorm) and m._stats_mode == "",
+    "naiveSyncBN_N": lambda m: isinstance(m, NaiveSyncBatchNorm) and m._stats_mode == "N",
+    "nnSyncBN": lambda m: isinstance(m, nn.SyncBatchNorm),
+}
+
+
+def _norm_keys(cfg: CfgNode, module_names: List[str]) -> Dict[str, str]:
+    """The ``*.NORM`` keys of ``cfg`` naming a BatchNorm that build the given modules, with their
+    values. The model is rebuilt with those keys set to norms of distinct classes (four keys per
+    rebuild, the others "BN"), and each module's class names its key: no table of module names
+    per backbone, at the price of a rebuild (seconds) that runs only to explain an error."""
+
+    def batch_norm_keys(node: CfgNode, prefix: str):
+        for key, value in node.items():
+            if isinstance(value, CfgNode):
+                yield from batch_norm_keys(value, f"{prefix}{key}.")
+            elif key.endswith("NORM") and value in _BATCH_NORM_NAMES:
+                yield f"{prefix}{key}", value
+
+    candidates = dict(batch_norm_keys(cfg, ""))
+    keys, found = list(candidates), {}
+    for start in range(0, len(keys), len(_PROBES)):
+        probed = dict(zip(keys[start : start + len(_PROBES)], _PROBES))
+        probe_cfg = cfg.clone()
+        probe_cfg.defrost()
+        for key in keys:
+            probe_cfg.merge_from_list([key, probed.get(key, "BN")])
+        probe_cfg.MODEL.DEVICE = "cpu"
+        try:
+            probe = build_model(probe_cfg)
+        except Exception:  # noqa: BLE001  (a config that cannot take the probes: no key named)
+            continue
+        for key, norm in probed.items():
+            if any(_PROBES[norm](probe.get_submodule(n)) for n in module_names):
+                found[key] = candidates[key]
+    return found
+
+
+def check_batch_norm_batches(cfg: CfgNode, model: nn.Module):
+    """Raise at build time, naming the ``*.NORM`` keys and the fixes, when training would crash
+    in a BatchNorm: one that sees a single value per channel (a 1x1 map at one image per
+    process: "Expected more than 1 value per channel when training"), or a ``SyncBN``
+    (``torch.nn.SyncBatchNorm``, GPU only) in multi-process training on the CPU.
+
+    Values per channel = images per process x H x W of the layer's input, times the number of
+    processes for the synchronised BatchNorms (``naiveSyncBN``, ``SyncBN``).
+    """
+    images, world_size = images_per_process(cfg), comm.get_world_size()
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    problems = {}
+    for name, shape in _batch_norm_inputs(model, cfg).items():
+        module = model.get_submodule(name)
+        values = images * math.prod(shape[1:])
+        if isinstance(module, _SYNC_BATCH_NORMS):
+            values *= world_size
+        if values < 2:
+            problems[name] = f"input {'x'.join(map(str, shape))}, {values} value per channel"
+        elif on_cpu and world_size > 1 and isinstance(module, nn.SyncBatchNorm):
+            problems[name] = "torch.nn.SyncBatchNorm, which runs only on GPUs"
+    if not problems:
+        return
+    listed = [f"  {name}: {problem}" for name, problem in list(problems.items())[:_MAX_LISTED]]
+    if len(problems) > _MAX_LISTED:
+        listed.append(f"  ... and {len(problems) - _MAX_LISTED} more")
+    logger.info("Finding the *.NORM keys that build them (one more model build) ...")
+    keys = _norm_keys(cfg, list(problems))
+    key_text = ", ".join(f"{k} {v!r}" for k, v in keys.items()) or "no *.NORM key of the config"
+    key = " / ".join(keys) or "the norm key"
+    raise ValueError(
+        f"Training would crash in these BatchNorm layers at {images} image(s) per process "
+        f"(SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} over {world_size} process(es), "
+        f"INPUT.FIXED_SIZE {cfg.INPUT.FIXED_SIZE}):\n" + "\n".join(listed) + "\n"
+        f"They are built by {key_text}. Fixes, one of:\n"
+        f'  - {key} "GN": GroupNorm, statistics per image (32 groups of 2 channels or more), '
+        "for layers trained from scratch;\n"
+        f'  - {key} "FrozenBN": fixed statistics and affine, for layers loaded from a trained '
+        "model (what the official DSSD code does when it fine-tunes at one image per GPU);\n"
+        f'  - {key} "naiveSyncBN": statistics over the batches of all processes, on CPU (gloo) '
+        'and GPU ("SyncBN" is GPU only), when processes x values per channel >= 2;\n'
+        f"  - more images per process: SOLVER.IMS_PER_BATCH >= {2 * world_size} for "
+        f"{world_size} process(es)."
+    )

@@ -1,0 +1,306 @@
+"""Multi-process training through Detectron2's launch, on the CPU (gloo): two processes train to
+the same weights as one process with the same total batch (plain, synchronised BatchNorm,
+gradient accumulation), evaluate to the same AP, sum their skipped images, and a killed
+two-process train_net.py run resumes to the end."""
+
+import os
+import socket
+
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import launch
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+
+from dssd_d2.engine import SSDTrainer
+from dssd_d2.engine.distributed import check_batch_norm_batches
+
+from helpers import (
+    make_cfg,
+    register_random_dataset,
+    start_train_net,
+    tiny_ssd300_cfg,
+    train_and_track,
+)
+from test_crashes import _tiny_run_cfg, kill_and_resume
+from test_dsod import tiny_dsod_cfg
+from test_dssd import tiny_cfg as tiny_dssd_cfg
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SEED = 3
+DATASET, BAD_DATASET = "dssd_d2_test_ddp", "dssd_d2_test_ddp_bad"
+BAD_IMAGES = (1, 4, 6)  # truncated files in BAD_DATASET
+
+
+def _cfg(folder, output, dataset=DATASET, changes=None):
+    """Tiny SSD300 without random augmentation: the batches of one process and of two processes
+    then hold the same images, and the same images give the same gradients."""
+    cfg = tiny_ssd300_cfg(num_classes=3)
+    cfg.DATASETS.TRAIN = (dataset,)
+    cfg.DATASETS.TEST = (DATASET,)
+    cfg.INPUT.SSD_AUG.PHOTOMETRIC = False
+    cfg.INPUT.SSD_AUG.EXPAND_RATIO = 1.0
+    cfg.INPUT.SSD_AUG.MIN_IOU_CROP = False
+    cfg.INPUT.RANDOM_FLIP = "none"
+    # Grouping by the original aspect ratio happens in each process, so one process and two
+    # would batch different images (SSD resizes every image to the same square anyway).
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+    cfg.MODEL.WEIGHTS = os.path.join(folder, "init.pth")
+    cfg.MODEL.SSD.SCORE_THRESH_TEST = 0.0  # every image gets detections: AP above zero
+    # Every negative in the loss: hard-negative mining ranks thousands of nearly equal losses,
+    # and the last-bit differences between convolutions of 1 and 2 images swap which ones are
+    # picked (a few percent of the first level's gradient), which is not what this tests.
+    cfg.MODEL.SSD.NEG_POS_RATIO = 1e6
+    cfg.SOLVER.IMS_PER_BATCH = 4
+    cfg.SOLVER.BASE_LR = 0.0005
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.STEPS = ()
+    cfg.SOLVER.MAX_ITER = 3
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1000
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.OUTPUT_DIR = os.path.join(folder, output)
+    for key, value in (changes or {}).items():
+        cfg.merge_from_list([key, value])
+    return cfg
+
+
+# name -> config changes; every variant trains 3 iterations.
+VARIANTS = {
+    "plain": {},  # no BatchNorm, 2 images per process
+    # 2 images per process. (At 1, the 1x1 map's statistics come from 2 values whose variance
+    # can be near 0, and 1 / sqrt(variance) blows float noise up: no use for comparing.)
+    "sync_bn": {"MODEL.VGG.NORM": "naiveSyncBN", "MODEL.SSD_EXTRAS.NORM": "naiveSyncBN"},
+    "accumulation": {"SOLVER.IMS_PER_BATCH": 2, "SOLVER.ACCUMULATION_STEPS": 2},  # 1 per process
+}
+
+
+def _variant_cfg(folder, variant, processes):
+    return _cfg(folder, f"{variant}_{processes}", changes=VARIANTS[variant])
+
+
+def _register(folder):
+    register_random_dataset(DATASET, folder, num_images=8)
+    register_random_dataset(BAD_DATASET, folder, num_images=8)
+
+
+def _train(cfg):
+    """Train from MODEL.WEIGHTS with the seeds that Detectron2's default_setup gives each rank;
+    returns the trainer."""
+    seed_all_rng(SEED + comm.get_rank())
+    trainer = SSDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer
+
+
+def _two_process_worker(folder):
+    """Run in each of two processes: train every variant (rank 0 writes model_final.pth) and
+    evaluate it; then train on BAD_DATASET and report the skipped images."""
+    _register(folder)
+    report = {}
+    for variant in VARIANTS:  # trained, then evaluated (gathered on rank 0)
+        report[variant] = _train(_variant_cfg(folder, variant, processes=2))._last_eval_results
+    cfg = _cfg(folder, "skips_2", dataset=BAD_DATASET)
+    cfg.DATASETS.TEST = ()
+    trainer = _train(cfg)
+    local = trainer._trainer.data_loader.skipped
+    logged, _ = trainer.storage.latest()["data/skipped_images"]
+    report["skipped"] = (comm.all_gather(local), logged)
+    if comm.is_main_process():
+        torch.save(report, os.path.join(folder, "report.pth"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Initial weights, datasets, and the two-process runs (one launch for all variants)."""
+    folder = str(tmp_path_factory.mktemp("ddp"))
+    _register(folder)
+    for i in BAD_IMAGES:
+        path = os.path.join(folder, f"{BAD_DATASET}_{i}.png")
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    cfg = _cfg(folder, "init")
+    torch.manual_seed(0)
+    torch.save({"model": SSDTrainer.build_model(cfg).state_dict()}, cfg.MODEL.WEIGHTS)
+    launch(_two_process_worker, 2, dist_url="auto", args=(folder,))
+    return folder, torch.load(os.path.join(folder, "report.pth"), weights_only=False)
+
+
+def _final_weights(cfg):
+    return torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))["model"]
+
+
+def _one_process(folder, variant):
+    """The variant trained in this process (once), as the reference."""
+    cfg = _variant_cfg(folder, variant, processes=1)
+    if not os.path.exists(os.path.join(cfg.OUTPUT_DIR, "model_final.pth")):
+        _train(cfg)
+    return _final_weights(cfg)
+
+
+def _norm(tensors):
+    return float(sum(t.double().norm() ** 2 for t in tensors) ** 0.5)
+
+
+def _assert_same_training(folder, got, want):
+    """Same weights within float tolerance, and the differences are float noise next to what
+    the training steps changed."""
+    init = torch.load(os.path.join(folder, "init.pth"))["model"]
+    # naiveSyncBN's running variance is the biased one and BatchNorm's (one process) the
+    # unbiased one; parameters and running means agree.
+    compared = [k for k in want if not k.endswith(("running_var", "num_batches_tracked"))]
+    for key in compared:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+    # and the differences are float noise next to what the three steps changed
+    moved = _norm(want[k] - init[k] for k in compared if k in init)
+    assert _norm(got[k] - want[k] for k in compared) < 1e-3 * moved
+    return compared
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_two_processes_train_the_weights_of_one(runs, variant):
+    folder, _ = runs
+    got = _final_weights(_variant_cfg(folder, variant, processes=2))
+    compared = _assert_same_training(folder, got, _one_process(folder, variant))
+    assert any(k.endswith("running_mean") for k in compared) == (variant == "sync_bn")
+
+
+def test_two_machines_train_the_weights_of_one_process(runs, tmp_path):
+    """train_net.py's --num-machines, --machine-rank and --dist-url: two "machines" of one
+    process each (two launchers on this host)."""
+    folder, _ = runs
+    cfg = _variant_cfg(folder, "plain", processes="machines")
+    cfg.SEED = SEED  # default_setup seeds each process with SEED + rank, as _train does
+    cfg_file = str(tmp_path / "plain.yaml")
+    with open(cfg_file, "w") as f:
+        f.write(cfg.dump())
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    logs = [tmp_path / f"machine{rank}.log" for rank in (0, 1)]
+    machines = []
+    for rank, log in enumerate(logs):
+        with open(log, "wb") as f:
+            args = ["--num-machines", "2", "--machine-rank", str(rank), "--dist-url", url]
+            machines.append(
+                start_train_net(
+                    folder, f, "--config-file", cfg_file, *args, dataset=DATASET, num_images=8
+                )
+            )
+    for machine, log in zip(machines, logs):
+        assert machine.wait(timeout=900) == 0, log.read_text()
+    assert "Rank of current process: 0. World size: 2" in logs[0].read_text()
+    _assert_same_training(folder, _final_weights(cfg), _one_process(folder, "plain"))
+
+
+def test_two_process_evaluation_gives_the_ap_of_one(runs):
+    folder, report = runs
+    cfg = _variant_cfg(folder, "plain", processes=2)
+    cfg.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    model = SSDTrainer.build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    one = SSDTrainer.test(cfg, model)
+    two = report["plain"]
+    assert one["bbox"]["AP50"] > 0
+    assert two["bbox"] == pytest.approx(one["bbox"], abs=1e-9, nan_ok=True)
+
+
+def test_skipped_images_are_summed_over_processes(runs):
+    _, report = runs
+    per_process, logged = report["skipped"]
+    assert all(n > 0 for n in per_process), per_process  # both processes met bad images
+    assert logged == sum(per_process)
+
+
+def test_two_process_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
+    cfg = _tiny_run_cfg(tmp_path, max_iter=20, checkpoint_period=5)
+    log = kill_and_resume(tmp_path, cfg, "--num-gpus", "2", "--dist-url", "auto")
+    assert "Rank of current process: 0. World size: 2" in log
+
+
+# ---------------------------------------------------------------- one image per process
+def _bn_ssd300_cfg():
+    """SSD300's geometry (its last map is 1x1) with narrow layers and BatchNorm everywhere, as
+    in configs/BCCD/ssd300_vgg16_cpu.yaml; extras of 64 channels, so that GroupNorm's 32 groups
+    see 2 values each on the 1x1 map (with one channel per group it fails like BatchNorm)."""
+    cfg = tiny_ssd300_cfg(num_classes=3)
+    cfg.MODEL.VGG.NORM = "BN"
+    cfg.MODEL.SSD_EXTRAS.NORM = "BN"
+    cfg.MODEL.SSD_EXTRAS.CONV_DIMS = [[64, 64]] * 4
+    return cfg
+
+
+def test_batch_norm_on_a_1x1_map_at_one_image_fails_at_build_time_naming_the_key():
+    cfg = _bn_ssd300_cfg()
+    cfg.SOLVER.IMS_PER_BATCH = 1
+    cfg.DATASETS.TRAIN = ("no_such_dataset",)  # the check comes before any data is read
+    with pytest.raises(ValueError) as error:
+        SSDTrainer(cfg)
+    message = str(error.value)
+    assert "at 1 image(s) per process (SOLVER.IMS_PER_BATCH 1 over 1 process(es)" in message
+    assert "backbone.extras.levels.3.2.norm: input 64x1x1, 1 value per channel" in message
+    assert "built by MODEL.SSD_EXTRAS.NORM 'BN'. Fixes" in message  # and not MODEL.VGG.NORM
+    for fix in ('NORM "GN"', 'NORM "FrozenBN"', 'NORM "naiveSyncBN"', "IMS_PER_BATCH >= 2"):
+        assert fix in message
+
+
+def test_batch_norm_check_counts_images_and_processes(monkeypatch):
+    cfg = _bn_ssd300_cfg()
+    model = SSDTrainer.build_model(cfg)
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    check_batch_norm_batches(cfg, model)  # 2 values per channel on the 1x1 map
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)  # 2 processes, one image each
+    with pytest.raises(ValueError, match=r"1 image\(s\) per process .* over 2 process"):
+        check_batch_norm_batches(cfg, model)
+    cfg.MODEL.SSD_EXTRAS.NORM = "naiveSyncBN"  # statistics over both processes: 2 values
+    check_batch_norm_batches(cfg, SSDTrainer.build_model(cfg))
+    cfg.MODEL.SSD_EXTRAS.NORM = "SyncBN"  # torch.nn.SyncBatchNorm: GPU only
+    with pytest.raises(
+        ValueError, match=r"levels.0.0.norm: torch.nn.SyncBatchNorm, which runs only"
+    ):
+        check_batch_norm_batches(cfg, SSDTrainer.build_model(cfg))
+
+
+def _family_cfg(family):
+    """A narrow model of each family with the README's settings for one image per process."""
+    if family == "SSD300":
+        cfg = _bn_ssd300_cfg()
+        cfg.MODEL.SSD_EXTRAS.NORM = "GN"
+    elif family == "DSSD321 stage 1":
+        cfg = tiny_dssd_cfg("PascalVOC-Detection/dssd321_R_101.yaml")
+        cfg.MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS = [64, 64]
+        cfg.MODEL.SSD_HEAD.NORM = "GN"
+    elif family == "DSOD300":  # at 300 pixels: the last map is 2x2
+        cfg = make_cfg("PascalVOC-Detection/dsod300.yaml")
+        for key, value in tiny_dsod_cfg().MODEL.DSOD.items():
+            if key.endswith(("WIDTH", "RATE", "LAYERS", "CHANNELS")):
+                cfg.MODEL.DSOD[key] = value
+        cfg.MODEL.SSD.NUM_CLASSES = 3
+        cfg.SOLVER.ACCUMULATION_STEPS = 1
+    else:  # RetinaNet over the DSSD decoder
+        cfg = tiny_dssd_cfg("Misc/retinanet_dssd_R_101.yaml")
+        cfg.MODEL.SSD_EXTRAS.CONV_DIMS = [[64, 64]] * 4
+        cfg.MODEL.SSD_EXTRAS.NORM = "GN"
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "family", ["SSD300", "DSSD321 stage 1", "DSOD300", "RetinaNet over the DSSD decoder"]
+)
+def test_each_family_trains_at_one_image_per_process(tmp_path, family):
+    cfg = _family_cfg(family)
+    cfg.DATASETS.TRAIN = (register_random_dataset(DATASET, tmp_path, num_images=8),)
+    cfg.DATASETS.TEST = ()
+    cfg.SOLVER.IMS_PER_BATCH = 1
+    cfg.SOLVER.MAX_ITER = 1
+    cfg.SOLVER.BASE_LR = 0.001
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.MODEL.WEIGHTS = ""
+    torch.manual_seed(0)
+    trainer, changed = train_and_track(cfg, tmp_path / "out")
+    assert changed
+    assert torch.isfinite(torch.tensor(trainer.storage.history("total_loss").latest()))
