@@ -188,7 +188,7 @@ def test_dense_prediction_reuses_then_learns_as_the_released_model():
 
 
 @pytest.mark.parametrize(
-    "config_file", [DSOD300, "COCO-Detection/dsod300.yaml", "BCCD/dsod300_smallest_cpu.yaml"]
+    "config_file", [DSOD300, "COCO-Detection/dsod300.yaml", "BCCD/dsod300_smallest_paper_rate.yaml"]
 )
 def test_dsod_configs_predict_through_batch_norm(config_file):
     """The released DSOD's predictors: bias-free conv, BatchNorm with learned scale and shift."""
