@@ -6,17 +6,21 @@ Fixtures live in conftest.py; no test module imports another.
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from xml.etree import ElementTree as ET
 
 import cv2
 import numpy as np
 import copy
+import glob
 
 import torch
 from torch import nn
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
@@ -424,3 +428,102 @@ def start_train_net(folder, log, *args, dataset="dssd_d2_test_random", **dataset
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-c", code, *args]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+# ---- runs that crash and resume (test_crashes, test_distributed)
+
+
+def last_checkpoint(folder):
+    with open(os.path.join(folder, "last_checkpoint")) as f:
+        return f.read()
+
+
+def assert_finite_checkpoint(path):
+    weights = torch.load(path)["model"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def tiny_run_cfg(tmp_path, max_iter, checkpoint_period):
+    name = register_random_dataset("dssd_d2_test_random", tmp_path)
+    cfg = tiny_ssd300_cfg()
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.DATASETS.TEST = ()
+    cfg.SOLVER.MAX_ITER = max_iter
+    cfg.SOLVER.STEPS = ()
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.BASE_LR = 0.001  # 0.01 diverges within 10 iterations on this tiny VGG
+    cfg.SOLVER.CHECKPOINT_PERIOD = checkpoint_period
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    return cfg
+
+
+def _children(pid):
+    """Ids of the processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            continue
+        if parent == pid:
+            found.append(int(stat.split("/")[2]))
+    return found
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # zombie: dead
+    except OSError:
+        return False
+
+
+def kill_and_resume(tmp_path, cfg, *launch_args):
+    """Run train_net.py on ``cfg`` (plus ``launch_args``, e.g. --num-gpus 2), SIGKILL it once a
+    checkpoint is on disk, check that no process it started outlives it, then run it again
+    with --resume: it must end where an uninterrupted run would, with a finite, loadable final
+    checkpoint. Returns the resumed run's log."""
+    cfg_file = str(tmp_path / "tiny.yaml")
+    with open(cfg_file, "w") as f:
+        f.write(cfg.dump())
+    out = cfg.OUTPUT_DIR
+
+    with open(tmp_path / "first.log", "wb") as log:
+        first = start_train_net(tmp_path, log, "--config-file", cfg_file, *launch_args)
+        deadline = time.time() + 600  # only bounds a hang: a busy machine can be very slow
+        while not os.path.exists(os.path.join(out, "last_checkpoint")):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.time() < deadline, "no checkpoint within 600 s"
+            time.sleep(0.05)
+        assert first.poll() is None, "the run ended before it could be killed"
+        children = _children(first.pid)
+        os.kill(first.pid, signal.SIGKILL)
+        assert first.wait() == -signal.SIGKILL
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in children):  # workers must not train on as orphans
+        assert time.time() < deadline, f"processes {children} outlived their launcher"
+        time.sleep(0.05)
+    killed_at = last_checkpoint(out)
+    assert killed_at != "model_final.pth" and not os.path.exists(
+        os.path.join(out, "model_final.pth")
+    )
+    resume_from = int(killed_at[len("model_") : -len(".pth")]) + 1
+
+    with open(tmp_path / "resumed.log", "wb") as log:
+        resumed = start_train_net(
+            tmp_path, log, "--config-file", cfg_file, "--resume", *launch_args
+        )
+        assert resumed.wait(timeout=900) == 0, (tmp_path / "resumed.log").read_text()
+    resumed_log = (tmp_path / "resumed.log").read_text()
+    assert f"Starting training from iteration {resume_from}" in resumed_log
+    assert last_checkpoint(out) == "model_final.pth"
+    final = torch.load(os.path.join(out, "model_final.pth"))
+    assert final["iteration"] == cfg.SOLVER.MAX_ITER - 1  # what an uninterrupted run saves
+    assert_finite_checkpoint(os.path.join(out, "model_final.pth"))
+
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(os.path.join(out, "model_final.pth"))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, final["model"][key], msg=key)
+    return resumed_log

@@ -18,15 +18,16 @@ from dssd_d2.engine import SSDTrainer
 from dssd_d2.engine.distributed import check_batch_norm_batches
 
 from helpers import (
+    kill_and_resume,
     make_cfg,
     register_random_dataset,
     start_train_net,
+    tiny_dsod_cfg,
+    tiny_resnet_cfg,
+    tiny_run_cfg,
     tiny_ssd300_cfg,
     train_and_track,
 )
-from test_crashes import _tiny_run_cfg, kill_and_resume
-from test_dsod import tiny_dsod_cfg
-from test_dssd import tiny_cfg as tiny_dssd_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -216,7 +217,7 @@ def test_skipped_images_are_summed_over_processes(runs):
 
 
 def test_two_process_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
-    cfg = _tiny_run_cfg(tmp_path, max_iter=20, checkpoint_period=5)
+    cfg = tiny_run_cfg(tmp_path, max_iter=20, checkpoint_period=5)
     log = kill_and_resume(tmp_path, cfg, "--num-gpus", "2", "--dist-url", "auto")
     assert "Rank of current process: 0. World size: 2" in log
 
@@ -270,7 +271,7 @@ def _family_cfg(family):
         cfg = _bn_ssd300_cfg()
         cfg.MODEL.SSD_EXTRAS.NORM = "GN"
     elif family == "DSSD321 stage 1":
-        cfg = tiny_dssd_cfg("PascalVOC-Detection/dssd321_R_101.yaml")
+        cfg = tiny_resnet_cfg("PascalVOC-Detection/dssd321_R_101.yaml")
         cfg.MODEL.SSD_HEAD.PREDICTION_MODULE_DIMS = [64, 64]
         cfg.MODEL.SSD_HEAD.NORM = "GN"
     elif family == "DSOD300":  # at 300 pixels: the last map is 2x2
@@ -281,7 +282,7 @@ def _family_cfg(family):
         cfg.MODEL.SSD.NUM_CLASSES = 3
         cfg.SOLVER.ACCUMULATION_STEPS = 1
     else:  # RetinaNet over the DSSD decoder
-        cfg = tiny_dssd_cfg("Misc/retinanet_dssd_R_101.yaml")
+        cfg = tiny_resnet_cfg("Misc/retinanet_dssd_R_101.yaml")
         cfg.MODEL.SSD_EXTRAS.CONV_DIMS = [[64, 64]] * 4
         cfg.MODEL.SSD_EXTRAS.NORM = "GN"
     cfg.DATALOADER.NUM_WORKERS = 0
