@@ -146,7 +146,7 @@ def _norm(tensors):
     return float(sum(t.double().norm() ** 2 for t in tensors) ** 0.5)
 
 
-def _assert_same_training(folder, got, want):
+def _assert_same_training(folder, got, want, rtol=1e-4, atol=1e-5):
     """Same weights within float tolerance, and the differences are float noise next to what
     the training steps changed."""
     init = torch.load(os.path.join(folder, "init.pth"))["model"]
@@ -154,7 +154,7 @@ def _assert_same_training(folder, got, want):
     # unbiased one; parameters and running means agree.
     compared = [k for k in want if not k.endswith(("running_var", "num_batches_tracked"))]
     for key in compared:
-        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(got[key], want[key], rtol=rtol, atol=atol, msg=key)
     # and the differences are float noise next to what the three steps changed
     moved = _norm(want[k] - init[k] for k in compared if k in init)
     assert _norm(got[k] - want[k] for k in compared) < 1e-3 * moved
@@ -165,7 +165,11 @@ def _assert_same_training(folder, got, want):
 def test_two_processes_train_the_weights_of_one(runs, variant):
     folder, _ = runs
     got = _final_weights(_variant_cfg(folder, variant, processes=2))
-    compared = _assert_same_training(folder, got, _one_process(folder, variant))
+    # naiveSyncBN computes the variance in one pass (E[x^2] - E[x]^2, summed over processes),
+    # BatchNorm in two: on the 1x1 map's 4 values that rounding reaches 1e-3 of a weight after
+    # three steps (measured 3.5e-4 at most); the norm check below still bounds the whole.
+    tolerance = dict(rtol=1e-3, atol=1e-3) if variant == "sync_bn" else {}
+    compared = _assert_same_training(folder, got, _one_process(folder, variant), **tolerance)
     assert any(k.endswith("running_mean") for k in compared) == (variant == "sync_bn")
 
 

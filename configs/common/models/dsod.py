@@ -6,6 +6,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 
 from dssd_d2.modeling import SSD, SSDAnchorGenerator, SSDHead
+from dssd_d2.modeling.matcher import BipartiteMatcher
 from dssd_d2.modeling.backbone import DSOD
 
 model = L(SSD)(
@@ -27,6 +28,7 @@ model = L(SSD)(
         num_classes="${..num_classes}",
         num_anchors=[4, 6, 6, 6, 4, 4],
         prediction_module="none",
+        predictor="conv_bn",  # bias-free conv + BatchNorm, as the released DSOD
     ),
     head_in_features=["dsod1", "dsod2", "dsod3", "dsod4", "dsod5", "dsod6"],
     anchor_generator=L(SSDAnchorGenerator)(
@@ -36,6 +38,7 @@ model = L(SSD)(
         steps=[8, 16, 32, 64, 100, 150],  # the last map is 2x2
         offset=0.5,
     ),
+    anchor_matcher=L(BipartiteMatcher)(threshold=0.5),  # Caffe's matching
     box2box_transform=L(Box2BoxTransform)(weights=(10.0, 10.0, 5.0, 5.0)),
     num_classes=20,
     pixel_mean=[123.675, 116.28, 103.53],

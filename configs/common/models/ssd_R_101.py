@@ -10,6 +10,7 @@ from detectron2.modeling.backbone.resnet import BottleneckBlock, ResNet
 from detectron2.modeling.box_regression import Box2BoxTransform
 
 from dssd_d2.modeling import SSD, SSDAnchorGenerator, SSDHead
+from dssd_d2.modeling.matcher import BipartiteMatcher
 from dssd_d2.modeling.backbone.resnet import ExtraBottleneckBlock, ResNetSSD, SSDStem
 
 # (blocks, stride of the first block, dilation) of res2 ... res5 in ResNet-101.
@@ -63,6 +64,7 @@ model = L(SSD)(
         steps=[8, 16, 32, 64, 107, 321],
         offset=0.5,
     ),
+    anchor_matcher=L(BipartiteMatcher)(threshold=0.5),  # Caffe's matching
     box2box_transform=L(Box2BoxTransform)(weights=(10.0, 10.0, 5.0, 5.0)),
     num_classes=20,
     # Detectron2's ImageNet ResNet-101 (MSRA): BGR, mean subtracted, std 1.

@@ -9,6 +9,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 
 from dssd_d2.modeling import SSD, SSDAnchorGenerator, SSDHead
+from dssd_d2.modeling.matcher import BipartiteMatcher
 from dssd_d2.modeling.backbone import VGGSSD
 from dssd_d2.modeling.backbone.vgg import ExtraLayers
 
@@ -27,7 +28,6 @@ model = L(SSD)(
             kernel_sizes=[3, 3, 3, 3],
             norm="",
         ),
-        out_features="${..head_in_features}",
     ),
     head=L(SSDHead)(
         # Channels of each prediction map (conv4_3, fc7, conv6_2 ... conv9_2).
@@ -44,6 +44,8 @@ model = L(SSD)(
         steps=[8, 16, 32, 64, 100, 300],
         offset=0.5,
     ),
+    # Caffe's matching: greedy bipartite, then every prior with IoU >= 0.5.
+    anchor_matcher=L(BipartiteMatcher)(threshold=0.5),
     box2box_transform=L(Box2BoxTransform)(weights=(10.0, 10.0, 5.0, 5.0)),
     num_classes=20,
     # torchvision's ImageNet normalisation, in RGB, to match tools/convert_vgg16_weights.py.
