@@ -293,14 +293,14 @@ def load_int8_model(cfg, path: str, num_threads: int | None = None) -> nn.Module
 
 
 def compare_detections(reference, candidate, score_thresh: float = 0.5, iou_thresh: float = 0.5):
-    """How many of ``reference``'s detections with score >= ``score_thresh`` ``candidate``
+    """Which of ``reference``'s detections with score >= ``score_thresh`` ``candidate``
     reproduces: a candidate detection of the same class at IoU >= ``iou_thresh``, each used
-    once, greedily from the highest reference score. Returns (matched, total, mean |score
-    difference| of the matched pairs)."""
+    once, greedily from the highest reference score. Returns (number of such reference
+    detections, |score difference| of each one reproduced)."""
     ref = reference[reference.scores >= score_thresh]
     ref = ref[ref.scores.argsort(descending=True)]
-    if len(ref) == 0:
-        return 0, 0, 0.0
+    if len(ref) == 0 or len(candidate) == 0:
+        return len(ref), []
     iou = pairwise_iou(ref.pred_boxes, candidate.pred_boxes)
     same_class = ref.pred_classes[:, None] == candidate.pred_classes[None, :]
     iou = torch.where(same_class, iou, torch.zeros_like(iou))
@@ -308,9 +308,8 @@ def compare_detections(reference, candidate, score_thresh: float = 0.5, iou_thre
     differences = []
     for i in range(len(ref)):
         overlaps = iou[i].masked_fill(used, 0)
-        if len(candidate) and overlaps.max() >= iou_thresh:
+        if overlaps.max() >= iou_thresh:
             j = int(overlaps.argmax())
             used[j] = True
             differences.append(abs(float(ref.scores[i] - candidate.scores[j])))
-    mean = float(np.mean(differences)) if differences else 0.0
-    return len(differences), len(ref), mean
+    return len(ref), differences
