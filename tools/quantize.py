@@ -13,8 +13,8 @@ decoding and NMS stay float32. Writes the OpenVINO IR (.xml and .bin) and a repo
 (<output>.json: calibration, time, quantized layers, float32 vs int8 detections on
 --check-images test images, and the evaluation when asked; --int8 updates it).
 
---eval evaluates both models on the config's DATASETS.TEST (or on the datasets named after
-it); --int8 PATH evaluates an existing int8 model instead of quantizing. Needs the int8 extra:
+--eval evaluates both models on the config's DATASETS.TEST (override it to choose others);
+--int8 PATH checks and evaluates an existing int8 model instead of quantizing. Needs the int8 extra:
 pip install "dssd_d2[int8]".
 """
 
@@ -65,9 +65,8 @@ def parse_args():
     )
     parser.add_argument(
         "--eval",
-        nargs="*",
-        metavar="DATASET",
-        help="evaluate fp32 and int8 on these datasets (none given: DATASETS.TEST)",
+        action="store_true",
+        help="evaluate fp32 and int8 on DATASETS.TEST (choose others with DATASETS.TEST ...)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
@@ -166,11 +165,11 @@ def main():
         f"{check['mean_score_difference']}"
     )
 
-    if args.eval is not None:
+    if args.eval:
         report["evaluation"] = {}
         out = os.path.splitext(args.output or args.int8)[0] + "_eval"
         print("\n| dataset | model | AP | AP50 | AP75 |\n|---|---|---|---|---|")
-        for name in args.eval or cfg.DATASETS.TEST:
+        for name in cfg.DATASETS.TEST:
             results = {
                 kind: evaluate(cfg, model, name, os.path.join(out, kind, name))
                 for kind, model in (("fp32", fp32), ("int8", int8))
