@@ -40,7 +40,6 @@ from dssd_d2.deploy.quantize import (
     load_int8_model,
     quantize_network,
     save_int8,
-    use_int8_network,
 )
 from dssd_d2.engine import SSDTrainer
 
@@ -151,10 +150,9 @@ def main():
             f"{calibration['fake_quantize_nodes']} quantizers over "
             f"{calibration['convolutions']} convolutions. Wrote {args.output}"
         )
-        int8 = use_int8_network(build_model(cfg), int8_graph, size, path=args.output)
     else:
-        int8 = load_int8_model(cfg, args.int8)
         report["int8_model"] = args.int8
+    int8 = load_int8_model(cfg, args.output or args.int8)  # what was written, as users load it
 
     report["check"] = {"dataset": test_set, **check_detections(fp32, int8, check_images)}
     check = report["check"]
