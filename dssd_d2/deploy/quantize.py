@@ -18,7 +18,8 @@ same config it was made from (:func:`load_int8_model`). Needs the ``int8`` extra
 (``pip install "dssd_d2[int8]"``: ``openvino`` to run, ``nncf`` to quantize).
 """
 
-import logging
+import ast
+import copy
 import os
 import time
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone, build_model
 from detectron2.structures import pairwise_iou
 
+from .fold import fold_batch_norm
+
 __all__ = [
     "Int8Network",
     "compare_detections",
@@ -40,8 +43,6 @@ __all__ = [
     "save_int8",
     "use_int8_network",
 ]
-
-logger = logging.getLogger(__name__)
 
 _INFO = "dssd_d2"  # runtime-info section of the IR with what the graph was built for
 
@@ -87,10 +88,6 @@ def _build_info(model: nn.Module, image_size: int) -> dict:
 def convert_network(model: nn.Module, image_size: int):
     """The float32 OpenVINO model of ``model``'s backbone and head (any batch size, images of
     ``image_size`` squared), with BatchNorm folded (on a copy: ``model`` is unchanged)."""
-    import copy
-
-    from .fold import fold_batch_norm
-
     ov = _openvino()
     info = _build_info(model, image_size)
     network = _Network(fold_batch_norm(copy.deepcopy(model).cpu().float())).eval()
@@ -220,8 +217,6 @@ class _SplitHead(nn.Module):
 
 
 def _read_info(ov_model, path: str) -> dict:
-    import ast
-
     info = {}
     for key in ("image_size", "in_channels", "num_classes", "num_anchors", "head_in_features"):
         if not ov_model.has_rt_info([_INFO, key]):
