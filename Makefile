@@ -11,7 +11,7 @@ $(VENV)/.installed: setup.py tools/install_detectron2.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_PINS)
 	bash tools/install_detectron2.sh $(PY)
-	$(PY) -m pip install -e '.[test,export]' 'numpy<2'  # Detectron2 0.7 needs numpy 1
+	$(PY) -m pip install -e '.[test,export,int8]' 'numpy<2'  # Detectron2 0.7 needs numpy 1
 	touch $@
 
 test: install

@@ -20,5 +20,7 @@ setup(
     extras_require={
         "test": ["pytest"],
         "export": ["onnx", "onnxruntime"],
+        # int8 CPU inference (dssd_d2/deploy/quantize.py): OpenVINO runs it, NNCF quantizes.
+        "int8": ["openvino>=2025.0", "nncf>=2.16"],
     },
 )

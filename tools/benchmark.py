@@ -14,12 +14,18 @@ that a busy machine slows all of them alike:
 - folded: BatchNorm folded into the convolutions (skipped when the model has none);
 - fast: folded + channels-last + frozen oneDNN graph (dssd_d2.deploy.optimize_for_inference);
 - fast-bf16: folded + channels-last with bf16 autocast for the network (on CPU);
+- int8: backbone and head quantized to int8 (dssd_d2.deploy.quantize: OpenVINO + NNCF, calibrated
+  on --int8-calib random images) and run by OpenVINO; softmax, decoding and NMS in float32
+  PyTorch (on CPU; needs the int8 extra). Its peak memory is not measured: the profiler sees
+  PyTorch's allocations only, not OpenVINO's;
 - torchvision: torchvision's ssd300_vgg16 (same architecture, random weights), for 300-input
   VGG16 configs only.
 
 Random weights unless MODEL.WEIGHTS is given; BatchNorm statistics then come from one batch of
 random images (dssd_d2.analysis.calibrate_batch_norms). Random weights make every class score
 pass the 0.01 threshold, so post-processing sees its worst case (400 candidates per class).
+The first line names the CPU's int8/bf16 instruction sets (AVX2, AVX512-VNNI, AMX), on which the
+int8 and bf16 gains depend.
 """
 
 import argparse
@@ -42,7 +48,17 @@ import dssd_d2
 from dssd_d2.analysis import calibrate_batch_norms, count_gflops, model_stats
 from dssd_d2.deploy import bf16_autocast, count_batch_norms, fold_batch_norm, optimize_for_inference
 
-MODES = ("eager", "folded", "fast", "fast-bf16", "torchvision")
+MODES = ("eager", "folded", "fast", "fast-bf16", "int8", "torchvision")
+# /proc/cpuinfo flags that int8 and bf16 inference use, in the names printed.
+CPU_FEATURES = {
+    "avx2": "AVX2",
+    "avx512f": "AVX512F",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_vnni": "AVX512-VNNI",
+    "avx512_bf16": "AVX512-BF16",
+    "amx_int8": "AMX-INT8",
+    "amx_bf16": "AMX-BF16",
+}
 
 
 def parse_args():
@@ -55,6 +71,9 @@ def parse_args():
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--train-iters", type=int, default=2, help="0 skips training")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
+    parser.add_argument(
+        "--int8-calib", type=int, default=8, help="random calibration images of the int8 mode"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     parser.add_argument("--output", help="write every figure to this JSON file")
@@ -146,6 +165,8 @@ def build_modes(cfg, model, args):
         runners["fast"] = lambda images: run_ours(fast, images)
         fast_bf16 = optimize_for_inference(copy.deepcopy(model), size, onednn_graph=False)
         runners["fast-bf16"] = lambda images: run_ours(fast_bf16, images, bf16=True)
+        if "int8" in args.modes:
+            runners["int8"] = int8_runner(cfg, model, args)
     vgg300 = cfg.MODEL.BACKBONE.NAME == "build_vgg_ssd_backbone" and size == 300
     if vgg300 and "torchvision" in args.modes:
         from torchvision.models.detection import ssd300_vgg16
@@ -159,6 +180,35 @@ def build_modes(cfg, model, args):
             reference, [image / 255.0 for image in images]
         )
     return {mode: run for mode, run in runners.items() if mode in args.modes}
+
+
+def int8_runner(cfg, model, args):
+    """The int8 model of ``model`` (quantized on random images: speed does not depend on the
+    calibration data) and its runner; prints how long quantization took."""
+    from dssd_d2.deploy.quantize import quantize_network, use_int8_network
+
+    size = cfg.INPUT.FIXED_SIZE
+    calibration = random_images(cfg, args.int8_calib, seed=3)
+    graph, report = quantize_network(model, calibration, size)
+    int8 = use_int8_network(copy.deepcopy(model), graph, size)
+    print(
+        f"int8: quantized in {report['seconds']} s on {len(calibration)} random images "
+        f"({report['fake_quantize_nodes']} quantizers, {report['convolutions']} convolutions)",
+        flush=True,
+    )
+    return lambda images: run_ours(int8, images)
+
+
+def cpu_features():
+    """The CPU's int8/bf16-relevant instruction sets, from /proc/cpuinfo (Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
+    except OSError:
+        return []
+    return [name for flag, name in CPU_FEATURES.items() if flag in flags]
 
 
 def interleaved(runners, images, iters, warmup):
@@ -249,11 +299,16 @@ def benchmark_config(config_file, args):
         result["latency"] = interleaved(runners, images[:1], args.iters, warmup=2)
         result["throughput"] = interleaved(runners, images, args.batch_iters, warmup=1)
         result["peak_memory_mb"] = {
-            mode: peak_memory_mb(run, images[:1], device) for mode, run in runners.items()
+            mode: None if mode == "int8" else peak_memory_mb(run, images[:1], device)
+            for mode, run in runners.items()
         }
     if args.train_iters:
         result["train_images_per_s"] = training_images_per_second(cfg, args)
     return result
+
+
+def format_mb(value):
+    return "n/a" if value is None else f"{value:.0f}"
 
 
 def print_result(result, args):
@@ -276,11 +331,13 @@ def print_result(result, args):
         print(
             f"| {mode} | {latency['total'] * 1e3:.1f} | {latency['pre'] * 1e3:.1f} | "
             f"{latency['network'] * 1e3:.1f} | {latency['post'] * 1e3:.1f} | "
-            f"{throughput:.2f} | {result['peak_memory_mb'][mode]:.0f} |"
+            f"{throughput:.2f} | {format_mb(result['peak_memory_mb'][mode])} |"
         )
     latency = {mode: value["total"] for mode, value in result["latency"].items()}
     comparisons = [("folded", "eager"), ("fast", "eager"), ("fast-bf16", "eager")]
+    comparisons += [("int8", "eager"), ("int8", "fast"), ("int8", "fast-bf16")]
     comparisons += [("fast", "torchvision"), ("fast-bf16", "torchvision"), ("eager", "torchvision")]
+    comparisons += [("int8", "torchvision")]
     lines = [
         f"{ours} vs {reference}: {latency[reference] / latency[ours]:.2f}x"
         for ours, reference in comparisons
@@ -293,9 +350,11 @@ def main():
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    features = cpu_features()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}; medians of {args.iters} "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, instruction sets "
+        f"{', '.join(features) or 'unknown'}; medians of {args.iters} "
         f"(batch 1) and {args.batch_iters} (batch {args.batch}) interleaved repetitions"
     )
     results = []
@@ -304,7 +363,9 @@ def main():
         print_result(results[-1], args)
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1)
+            json.dump(
+                {"args": vars(args), "cpu_features": features, "results": results}, f, indent=1
+            )
         print(f"\nWrote {args.output}")
 
 

@@ -9,6 +9,9 @@
     # a registered dataset: ground truth (left) next to the detections (right)
     python tools/demo.py --config-file ... --dataset digits_val --num-images 8 --output out/
 
+    # the int8 model written by tools/quantize.py (with the config it was made from)
+    python tools/demo.py --config-file ... --int8 output/.../model_int8.xml --input ... --output ...
+
 Any of our configs works: images are resized to the config's INPUT.FIXED_SIZE square, and the
 boxes are drawn at the image's own size with Detectron2's Visualizer.
 """
@@ -26,6 +29,7 @@ from detectron2.utils.logger import setup_logger
 
 from dssd_d2 import get_ssd_cfg
 from dssd_d2.deploy import optimize_for_inference
+from dssd_d2.deploy.quantize import load_int8_model
 from dssd_d2.engine import SSDPredictor
 from dssd_d2.visualization import draw_ground_truth, draw_predictions, side_by_side
 
@@ -107,10 +111,16 @@ def main():
     parser.add_argument("--num-images", type=int, default=8, help="with --dataset")
     parser.add_argument("--output", required=True, help="folder for the PNGs")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
-    parser.add_argument(
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument(
         "--fast",
         action="store_true",
         help="CPU fast path: fold BatchNorm, channels-last, frozen oneDNN graph (docs/speed.md)",
+    )
+    speed.add_argument(
+        "--int8",
+        metavar="MODEL_XML",
+        help="run this int8 model from tools/quantize.py instead of MODEL.WEIGHTS (CPU)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
@@ -118,10 +128,12 @@ def main():
 
     cfg = get_ssd_cfg(args.config_file, args.opts)
     cfg.freeze()
-    if not cfg.MODEL.WEIGHTS:
+    if not cfg.MODEL.WEIGHTS and not args.int8:
         logger.warning("MODEL.WEIGHTS is empty: predicting with an untrained model")
     predictor = SSDPredictor(cfg)
-    if args.fast:
+    if args.int8:
+        predictor.model = load_int8_model(cfg, args.int8)
+    elif args.fast:
         optimize_for_inference(predictor.model, cfg.INPUT.FIXED_SIZE)
     os.makedirs(args.output, exist_ok=True)
 
