@@ -1,12 +1,15 @@
 """Measuring models: size, cost and prior count (tools/model_stats.py, tools/benchmark.py, the
-tests), and BatchNorm statistics for models with random weights (benchmarks, export tests)."""
+tests), BatchNorm statistics for models with random weights (benchmarks, export tests), and how
+a trained model scores its priors (tools/inspect_priors.py)."""
 
 import torch
+import torch.nn.functional as F
 from fvcore.nn import parameter_count
 from torch import nn
 
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
+from detectron2.utils.events import EventStorage
 
 from .modeling.backbone.layers import feature_sizes
 
@@ -16,6 +19,7 @@ __all__ = [
     "count_gflops",
     "default_boxes",
     "model_stats",
+    "prior_scores",
 ]
 
 
@@ -96,3 +100,39 @@ def calibrate_batch_norms(model: nn.Module, images: torch.Tensor) -> nn.Module:
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return model.eval()
+
+
+@torch.no_grad()
+def prior_scores(model, batched_inputs) -> dict:
+    """What the training loss hides about a trained SSD-family model on annotated images: the loss
+    sees the positives and ``neg_pos_ratio`` hard negatives per positive, AP ranks every prior.
+    In the model's current mode (train: batch statistics, eval: running statistics), returns the
+    two losses and, per class: positives (priors matched to the class), the mean probability of
+    the class at them, and background priors per image that score the class above the median
+    positive (each one outranks half of the true detections before NMS)."""
+    images = model.preprocess_image(batched_inputs)
+    features = model.backbone(images.tensor)
+    features = [features[f] for f in model.head_in_features]
+    predictions = model.head(features)
+    gt_instances = [x["instances"].to(model.device) for x in batched_inputs]
+    with EventStorage():  # the loss logs the positives per image
+        losses = model.forward_training(images, features, predictions, gt_instances)
+    logits, _ = model._transpose_dense_predictions(predictions, [model.num_classes + 1, 4])
+    probs = F.softmax(torch.cat(logits, dim=1).float(), dim=-1)  # (N, R, K + 1)
+    labels, _ = model.label_anchors(model.anchor_generator(features), gt_instances)
+    labels = torch.stack(labels)
+    background = labels == model.num_classes
+    per_class = []
+    for c in range(model.num_classes):
+        positive = probs[labels == c][:, c]
+        median = positive.median() if len(positive) else torch.tensor(1.0)
+        per_class.append(
+            {
+                "positives": len(positive),
+                "mean_prob": float(positive.mean()) if len(positive) else float("nan"),
+                "background_above_median": float(
+                    (probs[..., c][background] > median).sum() / len(batched_inputs)
+                ),
+            }
+        )
+    return {"losses": {k: float(v) for k, v in losses.items()}, "classes": per_class}
