@@ -117,6 +117,14 @@ def tiny_dsod_cfg(num_classes=3):
 
 
 # ---------------------------------------------------------------- images and datasets
+# One shrunk model per family, for the export and quantization comparisons.
+TINY_FAMILIES = {
+    "ssd300": tiny_ssd300_cfg,
+    "dssd321": lambda: tiny_resnet_cfg(DSSD321),
+    "dsod300": tiny_dsod_cfg,
+}
+
+
 def random_image(h, w, seed=0):
     return torch.from_numpy(
         np.random.RandomState(seed).randint(0, 256, (3, h, w)).astype("float32")

@@ -21,29 +21,20 @@ from dssd_d2.deploy.export import (
 from helpers import (
     assert_same_detections,
     detector_from_cfg,
-    DSSD321,
     ROOT,
+    TINY_FAMILIES,
     TINY_SSD300_OPTS,
     random_image,
-    tiny_dsod_cfg,
-    tiny_resnet_cfg,
-    tiny_ssd300_cfg,
 )
-
-FAMILIES = {
-    "ssd300": tiny_ssd300_cfg,
-    "dssd321": lambda: tiny_resnet_cfg(DSSD321),
-    "dsod300": tiny_dsod_cfg,
-}
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def detector(family):
-    return detector_from_cfg(FAMILIES[family]())
+    return detector_from_cfg(TINY_FAMILIES[family]())
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
 def test_torchscript_round_trip(family, tmp_path):
     model, image = detector(family)
     path = str(tmp_path / "model.ts")
@@ -55,7 +46,7 @@ def test_torchscript_round_trip(family, tmp_path):
     assert_same_detections(actual, expected)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
 def test_onnx_round_trip_in_onnxruntime(family, tmp_path):
     pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")

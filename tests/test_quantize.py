@@ -27,19 +27,10 @@ from dssd_d2.deploy.quantize import (  # noqa: E402
 )
 
 from helpers import (  # noqa: E402
-    DSSD321,
     ROOT,
+    TINY_FAMILIES,
     random_image,
-    tiny_dsod_cfg,
-    tiny_resnet_cfg,
-    tiny_ssd300_cfg,
 )
-
-FAMILIES = {
-    "ssd300": tiny_ssd300_cfg,
-    "dssd321": lambda: tiny_resnet_cfg(DSSD321),
-    "dsod300": tiny_dsod_cfg,
-}
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -47,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def calibrated_random_model(family):
     """A shrunk model with BatchNorm statistics of real scale (random weights otherwise)."""
     torch.manual_seed(0)
-    cfg = FAMILIES[family]()
+    cfg = TINY_FAMILIES[family]()
     size = cfg.INPUT.FIXED_SIZE
     model = build_model(cfg).eval()
     calibrate_batch_norms(model, torch.stack([random_image(size, size, seed) for seed in (1, 2)]))
@@ -96,7 +87,7 @@ TOLERANCES = {
 }
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
 def test_int8_agrees_with_float32(quantized, family):
     """int8 against float32 on three random images, network outputs and top detections.
 

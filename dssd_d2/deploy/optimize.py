@@ -15,20 +15,19 @@ from detectron2.modeling import Backbone
 
 from .fold import fold_batch_norm
 
-__all__ = ["TracedBackbone", "bf16_autocast", "optimize_for_inference"]
+__all__ = ["GraphBackbone", "TracedBackbone", "bf16_autocast", "optimize_for_inference"]
 
 
-class TracedBackbone(Backbone):
-    """A frozen TorchScript graph in place of a backbone; keeps the original's output shapes
-    and padding rules, which the meta-architecture reads when it batches images."""
+class GraphBackbone(Backbone):
+    """A compiled graph in place of a backbone (TorchScript here, OpenVINO in quantize.py). It
+    keeps the shapes and padding rules the meta-architecture reads when it batches images."""
 
-    def __init__(self, backbone: Backbone, graph: torch.jit.ScriptModule):
+    def __init__(self, shapes: dict, size_divisibility: int, padding_constraints: dict):
         super().__init__()
-        self.graph = graph
-        self._shapes: dict[str, ShapeSpec] = backbone.output_shape()
+        self._shapes: dict[str, ShapeSpec] = dict(shapes)
         self._out_features = list(self._shapes)
-        self._size_divisibility = backbone.size_divisibility
-        self._padding_constraints = backbone.padding_constraints
+        self._size_divisibility = size_divisibility
+        self._padding_constraints = padding_constraints
 
     @property
     def size_divisibility(self) -> int:
@@ -40,6 +39,16 @@ class TracedBackbone(Backbone):
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         return dict(self._shapes)
+
+
+class TracedBackbone(GraphBackbone):
+    """A frozen TorchScript graph with the original backbone's outputs."""
+
+    def __init__(self, backbone: Backbone, graph: torch.jit.ScriptModule):
+        super().__init__(
+            backbone.output_shape(), backbone.size_divisibility, backbone.padding_constraints
+        )
+        self.graph = graph
 
     def forward(self, x):
         return self.graph(x)

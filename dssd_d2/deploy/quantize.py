@@ -29,10 +29,11 @@ import torch
 from torch import nn
 
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import Backbone, build_model
+from detectron2.modeling import build_model
 from detectron2.structures import pairwise_iou
 
 from .fold import fold_batch_norm
+from .optimize import GraphBackbone
 
 __all__ = [
     "Int8Network",
@@ -166,29 +167,16 @@ def save_int8(ov_model, path: str):
     _openvino().save_model(ov_model, path, compress_to_fp16=False)
 
 
-class Int8Network(Backbone):
+class Int8Network(GraphBackbone):
     """A compiled OpenVINO graph in place of the backbone: returns, per head input feature, the
     level's class logits and box deltas concatenated on channels. The maps have the features'
     grid sizes, which is all the anchor generator reads; :class:`_SplitHead` splits them."""
 
     def __init__(self, compiled, info: dict, size_divisibility: int, padding_constraints):
-        super().__init__()
+        channels = [a * (info["num_classes"] + 5) for a in info["num_anchors"]]
+        shapes = {f: ShapeSpec(channels=c) for f, c in zip(info["head_in_features"], channels)}
+        super().__init__(shapes, size_divisibility, padding_constraints)
         self.compiled = compiled
-        self._out_features = list(info["head_in_features"])
-        self._size_divisibility = size_divisibility
-        self._padding_constraints = padding_constraints
-        self._channels = [a * (info["num_classes"] + 5) for a in info["num_anchors"]]
-
-    @property
-    def size_divisibility(self) -> int:
-        return self._size_divisibility
-
-    @property
-    def padding_constraints(self) -> dict[str, int]:
-        return self._padding_constraints
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {f: ShapeSpec(channels=c) for f, c in zip(self._out_features, self._channels)}
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         array = images.detach().cpu().float().contiguous().numpy()
