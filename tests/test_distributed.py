@@ -1,7 +1,9 @@
-"""Multi-process training through Detectron2's launch, on the CPU (gloo): two processes train to
-the same weights as one process with the same total batch (plain, synchronised BatchNorm,
-gradient accumulation), evaluate to the same AP, sum their skipped images, and a killed
-two-process train_net.py run resumes to the end."""
+"""Multi-process training through Detectron2's launch, on the CPU (gloo): two processes (and two
+"machines") train to the same weights as one process with the same total batch (plain,
+synchronised BatchNorm, gradient accumulation), evaluate to the same AP, sum their skipped
+images, refuse to resume from different checkpoints; a killed two-process train_net.py run
+resumes to the end; BatchNorms that would crash at one image per process are refused at build
+time, and each model family trains at one image per process with the README's settings."""
 
 import os
 import socket
@@ -98,7 +100,8 @@ def _train(cfg):
 
 def _two_process_worker(folder):
     """Run in each of two processes: train every variant (rank 0 writes model_final.pth) and
-    evaluate it; then train on BAD_DATASET and report the skipped images."""
+    evaluate it; train on BAD_DATASET and report the skipped images; resume from an OUTPUT_DIR
+    that differs between the processes."""
     _register(folder)
     report = {}
     for variant in VARIANTS:  # trained, then evaluated (gathered on rank 0)
@@ -109,6 +112,15 @@ def _two_process_worker(folder):
     local = trainer._trainer.data_loader.skipped
     logged, _ = trainer.storage.latest()["data/skipped_images"]
     report["skipped"] = (comm.all_gather(local), logged)
+    # --resume with an OUTPUT_DIR that is not shared: only rank 0 finds a checkpoint
+    trainer = SSDTrainer(_cfg(folder, f"unshared_{comm.get_rank()}"))
+    if comm.is_main_process():
+        trainer.checkpointer.save("model_0000001")
+    try:
+        trainer.resume_or_load(resume=True)
+        report["unshared"] = comm.all_gather(None)
+    except RuntimeError as e:
+        report["unshared"] = comm.all_gather(str(e))
     if comm.is_main_process():
         torch.save(report, os.path.join(folder, "report.pth"))
 
@@ -213,6 +225,15 @@ def test_skipped_images_are_summed_over_processes(runs):
     per_process, logged = report["skipped"]
     assert all(n > 0 for n in per_process), per_process  # both processes met bad images
     assert logged == sum(per_process)
+
+
+def test_resume_refuses_processes_that_see_different_checkpoints(runs):
+    _, report = runs
+    assert len(report["unshared"]) == 2  # both processes stopped, with the same message
+    for message in report["unshared"]:
+        assert "different last checkpoints" in message
+        assert "['model_0000001.pth', '']" in message
+        assert "needs OUTPUT_DIR on a file system that every machine shares" in message
 
 
 def test_two_process_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):

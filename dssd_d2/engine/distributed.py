@@ -1,15 +1,10 @@
 """Multi-process training through Detectron2's ``launch``, on GPU machines (NCCL) and on CPU-only
-machines (gloo): DDP with device ids only on a GPU, workers that die with their launcher, and a
-build-time check that no training BatchNorm would see a single value per channel."""
+machines (gloo): DDP with device ids only on a GPU, and a build-time check that no training
+BatchNorm would see a single value per channel."""
 
-import ctypes
 import functools
 import logging
 import math
-import multiprocessing
-import os
-import signal
-import sys
 from typing import Dict, List, Tuple
 
 import torch
@@ -29,7 +24,6 @@ from ..modeling.backbone.layers import meta_call
 __all__ = [
     "check_batch_norm_batches",
     "create_ddp_model",
-    "die_with_launcher",
     "images_per_process",
 ]
 
@@ -50,20 +44,6 @@ def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
         on_gpu = next(model.parameters()).device.type == "cuda"
         kwargs["device_ids"] = [comm.get_local_rank()] if on_gpu else None
     return d2_create_ddp_model(model, **kwargs)
-
-
-def die_with_launcher():
-    """In a worker that Detectron2's ``launch`` spawned, have Linux SIGKILL it when the launching
-    process dies. Otherwise ``kill -9`` of the launcher (or the OOM killer choosing it) leaves
-    orphaned workers that keep training and writing checkpoints beside a resumed run. No-op in
-    the launching process itself and off Linux."""
-    parent = multiprocessing.parent_process()
-    if parent is None or not sys.platform.startswith("linux"):
-        return
-    pr_set_pdeathsig = 1  # from <linux/prctl.h>
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent.pid:  # the launcher died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def images_per_process(cfg: CfgNode) -> int:
