@@ -10,6 +10,7 @@ import socket
 
 import pytest
 import torch
+from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import launch
@@ -266,6 +267,20 @@ def test_batch_norm_on_a_1x1_map_at_one_image_fails_at_build_time_naming_the_key
     assert "built by MODEL.SSD_EXTRAS.NORM 'BN'. Fixes" in message  # and not MODEL.VGG.NORM
     for fix in ('NORM "GN"', 'NORM "FrozenBN"', 'NORM "naiveSyncBN"', "IMS_PER_BATCH >= 2"):
         assert fix in message
+
+
+def test_batch_norm_check_names_layers_that_no_key_builds():
+    cfg = _bn_ssd300_cfg()
+    cfg.MODEL.SSD_EXTRAS.NORM = ""
+    cfg.SOLVER.IMS_PER_BATCH = 1
+    model = SSDTrainer.build_model(cfg)
+    model.backbone.extras.levels[3][2].norm = nn.BatchNorm2d(64)  # a BatchNorm put in by code
+    with pytest.raises(ValueError) as error:
+        check_batch_norm_batches(cfg, model)
+    assert (
+        "built by code with no *.NORM key (backbone.extras.levels.3.2.norm: BatchNorm whatever "
+        "the config; MODEL.SSD.FREEZE can freeze them). Fixes"
+    ) in str(error.value)
 
 
 def test_batch_norm_check_counts_images_and_processes(monkeypatch):

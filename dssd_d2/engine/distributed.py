@@ -94,11 +94,12 @@ _PROBES = {
 }
 
 
-def _norm_keys(cfg: CfgNode, module_names: List[str]) -> Dict[str, str]:
-    """The ``*.NORM`` keys of ``cfg`` naming a BatchNorm that build the given modules, with their
-    values. The model is rebuilt with those keys set to norms of distinct classes (four keys per
-    rebuild, the others "BN"), and each module's class names its key: no table of module names
-    per backbone, at the price of a rebuild (seconds) that runs only to explain an error."""
+def _norm_keys(cfg: CfgNode, module_names: List[str]) -> Dict[str, List[str]]:
+    """The ``*.NORM`` keys of ``cfg`` naming a BatchNorm that build some of the given modules,
+    with those modules. The model is rebuilt with those keys set to norms of distinct classes
+    (four keys per rebuild, the others "BN"), and each module's class names its key: no table of
+    module names per backbone, at the price of a rebuild (seconds) that runs only to explain an
+    error. Modules that no key builds (a BatchNorm fixed in code) are in no list."""
 
     def batch_norm_keys(node: CfgNode, prefix: str):
         for key, value in node.items():
@@ -121,9 +122,17 @@ def _norm_keys(cfg: CfgNode, module_names: List[str]) -> Dict[str, str]:
         except Exception:  # noqa: BLE001  (a config that cannot take the probes: no key named)
             continue
         for key, norm in probed.items():
-            if any(_PROBES[norm](probe.get_submodule(n)) for n in module_names):
-                found[key] = candidates[key]
+            built = [n for n in module_names if _PROBES[norm](_submodule(probe, n))]
+            if built:
+                found[key] = built
     return found
+
+
+def _submodule(model: nn.Module, name: str):
+    try:
+        return model.get_submodule(name)
+    except AttributeError:  # not in a model built from the config: added in code
+        return None
 
 
 def check_batch_norm_batches(cfg: CfgNode, model: nn.Module):
@@ -154,13 +163,21 @@ def check_batch_norm_batches(cfg: CfgNode, model: nn.Module):
         listed.append(f"  ... and {len(problems) - _MAX_LISTED} more")
     logger.info("Finding the *.NORM keys that build them (one more model build) ...")
     keys = _norm_keys(cfg, list(problems))
-    key_text = ", ".join(f"{k} {v!r}" for k, v in keys.items()) or "no *.NORM key of the config"
+    built = {n for names in keys.values() for n in names}
+    unkeyed = [n for n in problems if n not in built]
+    sources = [f"{k} {functools.reduce(getattr, k.split('.'), cfg)!r}" for k in keys]
+    if unkeyed:  # BatchNorms fixed in code: only freezing them or more images help
+        more = f" and {len(unkeyed) - 2} more" if len(unkeyed) > 2 else ""
+        sources.append(
+            f"code with no *.NORM key ({', '.join(unkeyed[:2])}{more}: BatchNorm whatever the "
+            "config; MODEL.SSD.FREEZE can freeze them)"
+        )
     key = " / ".join(keys) or "the norm key"
     raise ValueError(
         f"Training would crash in these BatchNorm layers at {images} image(s) per process "
         f"(SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} over {world_size} process(es), "
         f"INPUT.FIXED_SIZE {cfg.INPUT.FIXED_SIZE}):\n" + "\n".join(listed) + "\n"
-        f"They are built by {key_text}. Fixes, one of:\n"
+        f"They are built by {', '.join(sources)}. Fixes, one of:\n"
         f'  - {key} "GN": GroupNorm, statistics per image (32 groups of 2 channels or more), '
         "for layers trained from scratch;\n"
         f'  - {key} "FrozenBN": fixed statistics and affine, for layers loaded from a trained '
