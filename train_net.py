@@ -15,7 +15,6 @@ from detectron2.utils import comm
 
 from dssd_d2 import get_ssd_cfg
 from dssd_d2.engine import SSDTrainer
-from dssd_d2.engine.distributed import die_with_launcher
 
 
 def setup(args):
@@ -27,7 +26,6 @@ def setup(args):
 
 def main(args):
     """One process: all of them train (or evaluate) together, the main one writes."""
-    die_with_launcher()
     cfg = setup(args)
     if args.eval_only:
         model = SSDTrainer.build_model(cfg)

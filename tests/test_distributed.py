@@ -1,13 +1,16 @@
-"""Multi-process training through Detectron2's launch, on the CPU (gloo): two processes train to
-the same weights as one process with the same total batch (plain, synchronised BatchNorm,
-gradient accumulation), evaluate to the same AP, sum their skipped images, and a killed
-two-process train_net.py run resumes to the end."""
+"""Multi-process training through Detectron2's launch, on the CPU (gloo): two processes (and two
+"machines") train to the same weights as one process with the same total batch (plain,
+synchronised BatchNorm, gradient accumulation), evaluate to the same AP, sum their skipped
+images, refuse to resume from different checkpoints; a killed two-process train_net.py run
+resumes to the end; BatchNorms that would crash at one image per process are refused at build
+time, and each model family trains at one image per process with the README's settings."""
 
 import os
 import socket
 
 import pytest
 import torch
+from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import launch
@@ -99,7 +102,8 @@ def _train(cfg):
 
 def _two_process_worker(folder):
     """Run in each of two processes: train every variant (rank 0 writes model_final.pth) and
-    evaluate it; then train on BAD_DATASET and report the skipped images."""
+    evaluate it; train on BAD_DATASET and report the skipped images; resume from an OUTPUT_DIR
+    that differs between the processes."""
     _register(folder)
     report = {}
     for variant in VARIANTS:  # trained, then evaluated (gathered on rank 0)
@@ -110,6 +114,15 @@ def _two_process_worker(folder):
     local = trainer._trainer.data_loader.skipped
     logged, _ = trainer.storage.latest()["data/skipped_images"]
     report["skipped"] = (comm.all_gather(local), logged)
+    # --resume with an OUTPUT_DIR that is not shared: only rank 0 finds a checkpoint
+    trainer = SSDTrainer(_cfg(folder, f"unshared_{comm.get_rank()}"))
+    if comm.is_main_process():
+        trainer.checkpointer.save("model_0000001")
+    try:
+        trainer.resume_or_load(resume=True)
+        report["unshared"] = comm.all_gather(None)
+    except RuntimeError as e:
+        report["unshared"] = comm.all_gather(str(e))
     if comm.is_main_process():
         torch.save(report, os.path.join(folder, "report.pth"))
 
@@ -220,6 +233,15 @@ def test_skipped_images_are_summed_over_processes(runs):
     assert logged == sum(per_process)
 
 
+def test_resume_refuses_processes_that_see_different_checkpoints(runs):
+    _, report = runs
+    assert len(report["unshared"]) == 2  # both processes stopped, with the same message
+    for message in report["unshared"]:
+        assert "different last checkpoints" in message
+        assert "['model_0000001.pth', '']" in message
+        assert "needs OUTPUT_DIR on a file system that every machine shares" in message
+
+
 def test_two_process_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
     cfg = tiny_run_cfg(tmp_path, max_iter=20, checkpoint_period=5)
     log = kill_and_resume(tmp_path, cfg, "--num-gpus", "2", "--dist-url", "auto")
@@ -250,6 +272,20 @@ def test_batch_norm_on_a_1x1_map_at_one_image_fails_at_build_time_naming_the_key
     assert "built by MODEL.SSD_EXTRAS.NORM 'BN'. Fixes" in message  # and not MODEL.VGG.NORM
     for fix in ('NORM "GN"', 'NORM "FrozenBN"', 'NORM "naiveSyncBN"', "IMS_PER_BATCH >= 2"):
         assert fix in message
+
+
+def test_batch_norm_check_names_layers_that_no_key_builds():
+    cfg = _bn_ssd300_cfg()
+    cfg.MODEL.SSD_EXTRAS.NORM = ""
+    cfg.SOLVER.IMS_PER_BATCH = 1
+    model = SSDTrainer.build_model(cfg)
+    model.backbone.extras.levels[3][2].norm = nn.BatchNorm2d(64)  # a BatchNorm put in by code
+    with pytest.raises(ValueError) as error:
+        check_batch_norm_batches(cfg, model)
+    assert (
+        "built by code with no *.NORM key (backbone.extras.levels.3.2.norm: BatchNorm whatever "
+        "the config; MODEL.SSD.FREEZE can freeze them). Fixes"
+    ) in str(error.value)
 
 
 def test_batch_norm_check_counts_images_and_processes(monkeypatch):

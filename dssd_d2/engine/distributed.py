@@ -1,15 +1,10 @@
 """Multi-process training through Detectron2's ``launch``, on GPU machines (NCCL) and on CPU-only
-machines (gloo): DDP with device ids only on a GPU, workers that die with their launcher, and a
-build-time check that no training BatchNorm would see a single value per channel."""
+machines (gloo): DDP with device ids only on a GPU, and a build-time check that no training
+BatchNorm would see a single value per channel."""
 
-import ctypes
 import functools
 import logging
 import math
-import multiprocessing
-import os
-import signal
-import sys
 from typing import Dict, List, Tuple
 
 import torch
@@ -29,7 +24,6 @@ from ..modeling.backbone.layers import meta_call
 __all__ = [
     "check_batch_norm_batches",
     "create_ddp_model",
-    "die_with_launcher",
     "images_per_process",
 ]
 
@@ -50,20 +44,6 @@ def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
         on_gpu = next(model.parameters()).device.type == "cuda"
         kwargs["device_ids"] = [comm.get_local_rank()] if on_gpu else None
     return d2_create_ddp_model(model, **kwargs)
-
-
-def die_with_launcher():
-    """In a worker that Detectron2's ``launch`` spawned, have Linux SIGKILL it when the launching
-    process dies. Otherwise ``kill -9`` of the launcher (or the OOM killer choosing it) leaves
-    orphaned workers that keep training and writing checkpoints beside a resumed run. No-op in
-    the launching process itself and off Linux."""
-    parent = multiprocessing.parent_process()
-    if parent is None or not sys.platform.startswith("linux"):
-        return
-    pr_set_pdeathsig = 1  # from <linux/prctl.h>
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent.pid:  # the launcher died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def images_per_process(cfg: CfgNode) -> int:
@@ -114,11 +94,12 @@ _PROBES = {
 }
 
 
-def _norm_keys(cfg: CfgNode, module_names: List[str]) -> Dict[str, str]:
-    """The ``*.NORM`` keys of ``cfg`` naming a BatchNorm that build the given modules, with their
-    values. The model is rebuilt with those keys set to norms of distinct classes (four keys per
-    rebuild, the others "BN"), and each module's class names its key: no table of module names
-    per backbone, at the price of a rebuild (seconds) that runs only to explain an error."""
+def _norm_keys(cfg: CfgNode, module_names: List[str]) -> Dict[str, List[str]]:
+    """The ``*.NORM`` keys of ``cfg`` naming a BatchNorm that build some of the given modules,
+    with those modules. The model is rebuilt with those keys set to norms of distinct classes
+    (four keys per rebuild, the others "BN"), and each module's class names its key: no table of
+    module names per backbone, at the price of a rebuild (seconds) that runs only to explain an
+    error. Modules that no key builds (a BatchNorm fixed in code) are in no list."""
 
     def batch_norm_keys(node: CfgNode, prefix: str):
         for key, value in node.items():
@@ -141,9 +122,17 @@ def _norm_keys(cfg: CfgNode, module_names: List[str]) -> Dict[str, str]:
         except Exception:  # noqa: BLE001  (a config that cannot take the probes: no key named)
             continue
         for key, norm in probed.items():
-            if any(_PROBES[norm](probe.get_submodule(n)) for n in module_names):
-                found[key] = candidates[key]
+            built = [n for n in module_names if _PROBES[norm](_submodule(probe, n))]
+            if built:
+                found[key] = built
     return found
+
+
+def _submodule(model: nn.Module, name: str):
+    try:
+        return model.get_submodule(name)
+    except AttributeError:  # not in a model built from the config: added in code
+        return None
 
 
 def check_batch_norm_batches(cfg: CfgNode, model: nn.Module):
@@ -174,13 +163,21 @@ def check_batch_norm_batches(cfg: CfgNode, model: nn.Module):
         listed.append(f"  ... and {len(problems) - _MAX_LISTED} more")
     logger.info("Finding the *.NORM keys that build them (one more model build) ...")
     keys = _norm_keys(cfg, list(problems))
-    key_text = ", ".join(f"{k} {v!r}" for k, v in keys.items()) or "no *.NORM key of the config"
+    built = {n for names in keys.values() for n in names}
+    unkeyed = [n for n in problems if n not in built]
+    sources = [f"{k} {functools.reduce(getattr, k.split('.'), cfg)!r}" for k in keys]
+    if unkeyed:  # BatchNorms fixed in code: only freezing them or more images help
+        more = f" and {len(unkeyed) - 2} more" if len(unkeyed) > 2 else ""
+        sources.append(
+            f"code with no *.NORM key ({', '.join(unkeyed[:2])}{more}: BatchNorm whatever the "
+            "config; MODEL.SSD.FREEZE can freeze them)"
+        )
     key = " / ".join(keys) or "the norm key"
     raise ValueError(
         f"Training would crash in these BatchNorm layers at {images} image(s) per process "
         f"(SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} over {world_size} process(es), "
         f"INPUT.FIXED_SIZE {cfg.INPUT.FIXED_SIZE}):\n" + "\n".join(listed) + "\n"
-        f"They are built by {key_text}. Fixes, one of:\n"
+        f"They are built by {', '.join(sources)}. Fixes, one of:\n"
         f'  - {key} "GN": GroupNorm, statistics per image (32 groups of 2 channels or more), '
         "for layers trained from scratch;\n"
         f'  - {key} "FrozenBN": fixed statistics and affine, for layers loaded from a trained '
