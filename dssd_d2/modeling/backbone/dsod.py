@@ -19,7 +19,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from .layers import L2Norm, xavier_init
+from .layers import L2Norm, declare_outputs, xavier_init
 
 __all__ = [
     "DSOD",
@@ -363,11 +363,7 @@ class DSOD(Backbone):
         source_channels = self.prediction.source_channels
         self.source_norms = nn.ModuleList(L2Norm(c, l2norm_scale) for c in source_channels)
         names = [f"dsod{i}" for i in range(1, _NUM_SOURCES + 1)]
-        self._out_features = names
-        self._out_feature_channels = dict(zip(names, source_channels))
-        # Nominal strides; with ceil rounding the maps are 38, 19, 10, 5, 3, 2 at 300, so the
-        # priors take their steps from MODEL.ANCHOR_GENERATOR.STEPS instead.
-        self._out_feature_strides = {name: 2 ** (i + 3) for i, name in enumerate(names)}
+        declare_outputs(self, names, source_channels, stride=8)
         xavier_init(self)
 
     @classmethod

@@ -36,6 +36,15 @@ class L2Norm(nn.Module):
         return F.normalize(x, p=2.0, dim=1, eps=self.eps) * self.weight.view(1, -1, 1, 1)
 
 
+def declare_outputs(backbone: Backbone, names: Sequence[str], channels: Sequence[int], stride: int):
+    """Set a backbone's outputs: ``names`` with their ``channels`` and nominal strides doubling
+    from ``stride``. SSD-style maps round up (38, 19, 10, 5, 3, 2 at 300), so the priors take
+    their steps from MODEL.ANCHOR_GENERATOR.STEPS, not from these strides."""
+    backbone._out_features = list(names)
+    backbone._out_feature_channels = dict(zip(names, channels))
+    backbone._out_feature_strides = {name: stride * 2**i for i, name in enumerate(names)}
+
+
 def extra_level_settings(
     conv_dims: Sequence[Sequence[int]],
     strides: Sequence[int],

@@ -20,6 +20,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from .layers import declare_outputs
+
 __all__ = ["MobileNetV3SSDLite", "build_mobilenet_v3_ssdlite_backbone", "SSDLITE_FEATURES"]
 
 # Outputs, finest first: C4's expansion layer (stride 16), C5 (32), then the extra levels.
@@ -113,9 +115,7 @@ class MobileNetV3SSDLite(Backbone):
             self.extractor.features[0][-1].out_channels,
             features[-1].out_channels,
         ] + [level[-1].out_channels for level in self.extractor.extra]
-        self._out_features = list(SSDLITE_FEATURES)
-        self._out_feature_channels = dict(zip(SSDLITE_FEATURES, channels))
-        self._out_feature_strides = {name: 2 ** (i + 4) for i, name in enumerate(SSDLITE_FEATURES)}
+        declare_outputs(self, SSDLITE_FEATURES, channels, stride=16)
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):

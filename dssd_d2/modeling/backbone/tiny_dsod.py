@@ -41,7 +41,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ..heads import PREDICTOR_REGISTRY
-from .layers import L2Norm, xavier_init
+from .layers import L2Norm, declare_outputs, xavier_init
 
 __all__ = ["TinyDSOD", "build_tiny_dsod_backbone", "pointwise_depthwise"]
 
@@ -251,11 +251,7 @@ class TinyDSOD(Backbone):
 
         self.source_norms = nn.ModuleList(L2Norm(c, l2norm_scale) for c in source_channels)
         names = [f"tiny_dsod{i}" for i in range(1, _NUM_SOURCES + 1)]
-        self._out_features = names
-        self._out_feature_channels = dict(zip(names, source_channels))
-        # Nominal strides; the maps are 38, 19, 10, 5, 3, 2 at 300 (ceil rounding), so priors
-        # take their steps from MODEL.ANCHOR_GENERATOR.STEPS.
-        self._out_feature_strides = {name: 2 ** (i + 3) for i, name in enumerate(names)}
+        declare_outputs(self, names, source_channels, stride=8)
         xavier_init(self)
 
     @classmethod
