@@ -21,7 +21,6 @@ matching), and MODEL.SSD.NUM_CLASSES as printed for another class count.
 """
 
 import argparse
-import os
 import pickle
 from typing import Dict, List
 
@@ -29,6 +28,7 @@ import torch
 
 from detectron2.data import MetadataCatalog
 
+from dssd_d2.engine.checkpoint import save_converted_weights
 from dssd_d2.modeling.backbone.vgg import torchvision_conv_indices
 
 # Priors per location on the six maps of SSD300 (torchvision's and ours).
@@ -146,16 +146,7 @@ def main(argv=None):
             f"(torch.save(checkpoint['model'], ...)) and convert that: {e}"
         ) from e
     model, num_classes = convert(state_dict, args.class_map)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "wb") as f:
-        pickle.dump(
-            {
-                "model": {k: v.numpy() for k, v in model.items()},
-                "__author__": "torchvision ssd300_vgg16 (dssd_d2)",
-                "matching_heuristics": False,
-            },
-            f,
-        )
+    save_converted_weights(model, args.output, "torchvision ssd300_vgg16 (dssd_d2)")
     print(f"wrote {len(model)} tensors to {args.output}; use MODEL.SSD.NUM_CLASSES {num_classes}")
 
 

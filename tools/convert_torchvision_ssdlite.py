@@ -22,7 +22,6 @@ and height to the image: that is a prior-generator option, not a weight.
 
 import argparse
 import os
-import pickle
 import re
 
 import torch
@@ -31,6 +30,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from dssd_d2 import get_ssd_cfg
+from dssd_d2.engine.checkpoint import save_converted_weights
 
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -123,16 +123,7 @@ def main(argv=None):
     num_classes, _ = torchvision_classes(state_dict)
     model = build_target_model(args.config_file, num_classes)
     converted = convert(state_dict, model)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "wb") as f:
-        pickle.dump(
-            {
-                "model": {k: v.numpy() for k, v in converted.items()},
-                "__author__": "torchvision SSDlite320 MobileNetV3 (dssd_d2)",
-                "matching_heuristics": False,
-            },
-            f,
-        )
+    save_converted_weights(converted, args.output, "torchvision SSDlite320 MobileNetV3 (dssd_d2)")
     print(f"wrote {len(converted)} tensors ({num_classes - 1} classes) to {args.output}")
 
 

@@ -13,11 +13,10 @@ input normalisation (RGB, PIXEL_MEAN [123.675, 116.28, 103.53], PIXEL_STD [58.39
 """
 
 import argparse
-import os
-import pickle
 
 import torch
 
+from dssd_d2.engine.checkpoint import save_converted_weights
 from dssd_d2.modeling.backbone.vgg import torchvision_conv_indices
 
 
@@ -48,9 +47,7 @@ def main():
     args = parser.parse_args()
     state_dict = torch.load(args.torchvision_vgg16, map_location="cpu", weights_only=True)
     model = convert(state_dict)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "wb") as f:
-        pickle.dump({"model": model, "__author__": "torchvision VGG16 (dssd_d2)"}, f)
+    save_converted_weights(model, args.output, "torchvision VGG16 (dssd_d2)", exact_names=False)
     print(f"wrote {len(model)} tensors to {args.output}")
 
 

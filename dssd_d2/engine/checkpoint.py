@@ -1,8 +1,10 @@
 """A checkpointer whose files survive a kill at any moment and never hold non-finite weights, and
-that says exactly which weights a run starts with that were not in MODEL.WEIGHTS."""
+that says exactly which weights a run starts with that were not in MODEL.WEIGHTS; and the
+writer of the converted weight files (tools/convert_*.py)."""
 
 import contextlib
 import os
+import pickle
 from collections import defaultdict
 from typing import Dict, Iterable, List, Sequence
 
@@ -11,7 +13,7 @@ from fvcore.common.checkpoint import get_unexpected_parameters_message
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicCheckpointer"]
+__all__ = ["AtomicCheckpointer", "save_converted_weights"]
 
 
 @contextlib.contextmanager
@@ -24,6 +26,21 @@ def _replace_on_success(path: str, mode: str):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_converted_weights(tensors: Dict, path: str, author: str, exact_names: bool = True):
+    """Write converted weights as a Detectron2 .pkl for MODEL.WEIGHTS. ``exact_names``: the keys
+    are our parameter names (no name-matching heuristics when loading)."""
+    data = {"model": {k: _to_numpy(v) for k, v in tensors.items()}, "__author__": author}
+    if exact_names:
+        data["matching_heuristics"] = False
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+
+
+def _to_numpy(value):
+    return value.detach().contiguous().numpy() if isinstance(value, torch.Tensor) else value
 
 
 def _under(key: str, prefixes: Iterable[str]) -> bool:
