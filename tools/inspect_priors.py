@@ -3,7 +3,7 @@
 
     python tools/inspect_priors.py --config-file configs/SmallDigits/dssd320_R_thin_stage1.yaml \\
         --weights output/small_digits/dssd320_R_thin_stage1/model_final.pth [--images 32] \\
-        [--dataset NAME] [KEY VALUE ...]
+        [--dataset NAME] [--precise-bn N] [KEY VALUE ...]
 
 On the first ``--images`` images of ``--dataset`` (default: the first of DATASETS.TEST), resized
 as at test time with their ground truth, in eval mode (BatchNorm running statistics, as
@@ -12,16 +12,20 @@ and box losses, and per class the matched priors, their mean probability of the 
 background priors per image that score the class above the median matched prior. Hard-negative
 mining lets the loss see 3 background priors per positive; AP ranks all of them, so a model can
 have a training loss close to another's and a far lower AP (docs/dssd_small_digits.md).
+``--precise-bn N`` first recomputes the BatchNorm statistics on N images of DATASETS.TRAIN
+(fvcore's precise BN, test-time resizing): it tells stale running statistics from weights.
 """
 
 import argparse
 import copy
 
 import torch
+from fvcore.nn.precise_bn import update_bn_stats
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 
 import dssd_d2
 from dssd_d2.analysis import prior_scores
@@ -47,6 +51,7 @@ def main():
     parser.add_argument("--weights", required=True)
     parser.add_argument("--dataset", help="default: the first of DATASETS.TEST")
     parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--precise-bn", type=int, default=0, metavar="N")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args()
 
@@ -54,9 +59,18 @@ def main():
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     model = build_model(cfg)
     DetectionCheckpointer(model).load(args.weights)
+    if args.precise_bn:
+        train = annotated_test_inputs(cfg, cfg.DATASETS.TRAIN[0], args.precise_bn)
+        batch = cfg.SOLVER.IMS_PER_BATCH
+        batches = [train[i : i + batch] for i in range(0, len(train), batch)]
+        with EventStorage():  # the training forward logs its positives
+            update_bn_stats(model.train(), batches, len(batches))
     inputs = annotated_test_inputs(cfg, dataset, args.images)
     names = MetadataCatalog.get(dataset).thing_classes
-    print(f"{args.weights} on {len(inputs)} images of {dataset}")
+    precise = f", BatchNorm statistics recomputed on {args.precise_bn} images" * bool(
+        args.precise_bn
+    )
+    print(f"{args.weights} on {len(inputs)} images of {dataset}{precise}")
     print(
         "| mode | loss_cls | loss_box_reg | class | matched priors | mean prob at them "
         "| background priors / image above their median |"
