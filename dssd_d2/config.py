@@ -98,9 +98,8 @@ def add_ssd_config(cfg):
     # KERNEL_SIZE on every level.
     _C.MODEL.SSD_HEAD.KERNEL_SIZES = []
     # Class and box predictors, one of PREDICTOR_REGISTRY: "conv" (SSD, a biased conv),
-    # "conv_bn" (DSOD's released model: bias-free conv, BatchNorm with learned scale and shift),
-    # "norm_conv" (BatchNorm of the input, then a biased conv) or "separable" (SSDlite:
-    # depthwise conv + norm + ReLU6, then a 1x1 conv).
+    # "conv_bn" (DSOD's released model: bias-free conv, BatchNorm with learned scale and shift)
+    # or "separable" (SSDlite: depthwise conv + norm + ReLU6, then a 1x1 conv).
     _C.MODEL.SSD_HEAD.PREDICTOR = "conv"
 
     # ---------------------------------------------------------------- priors (default boxes)

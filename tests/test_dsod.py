@@ -10,7 +10,6 @@ from detectron2.modeling import build_model
 
 from dssd_d2.analysis import model_stats
 from dssd_d2.engine import SSDTrainer
-from dssd_d2.modeling import PREDICTOR_REGISTRY
 from dssd_d2.modeling.backbone import L2Norm, build_dsod_backbone
 from dssd_d2.modeling.backbone.layers import feature_sizes
 
@@ -214,22 +213,3 @@ def test_parameter_counts_with_batch_norm_statistics_match_the_paper(
     assert round(stats["params"] / 1e6, 3) == learnable
     assert round(stats["params_with_bn_stats"] / 1e6, 3) == with_statistics
     assert abs(with_statistics - paper) <= 0.005 * paper
-
-
-def test_norm_conv_predictors_normalize_inputs_not_class_logits():
-    """``norm_conv``: BatchNorm of the input, then a biased conv, so a class channel can be flat
-    over all priors (here: zero weights, logits = biases); ``conv_bn`` keeps every channel at
-    unit variance over the priors in training (see docs/dsod_bccd_run.md)."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 32, 10, 10) * 20.0
-    norm_conv = PREDICTOR_REGISTRY.get("norm_conv")(32, 8, 3, "BN").train()
-    conv_bn = PREDICTOR_REGISTRY.get("conv_bn")(32, 8, 3, "BN").train()
-    assert isinstance(norm_conv[0], nn.BatchNorm2d) and norm_conv[0].num_features == 32
-    assert norm_conv[1].bias is not None
-    torch.nn.init.zeros_(norm_conv[1].weight)
-    norm_conv[1].bias.data = torch.arange(8.0)
-    torch.nn.init.zeros_(conv_bn.norm.bias)
-    with torch.no_grad():
-        free, normalized = norm_conv(x), conv_bn(x)
-    assert torch.equal(free, torch.arange(8.0)[None, :, None, None].expand_as(free))
-    assert torch.allclose(normalized.var(dim=(0, 2, 3), unbiased=False), torch.ones(8), atol=1e-3)

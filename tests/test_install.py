@@ -51,7 +51,7 @@ EXPECTED = {
     ],
     "ssd_head": ["SSDHead"],
     "prediction_module": ["none", "residual", "residual_projection", "two_residual_projection"],
-    "predictor": ["conv", "conv_bn", "norm_conv", "pointwise_depthwise", "separable"],
+    "predictor": ["conv", "conv_bn", "pointwise_depthwise", "separable"],
     "matcher": ["caffe", "torchvision"],
 }
 

@@ -105,18 +105,6 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, norm: str) ->
 
 
 @PREDICTOR_REGISTRY.register()
-def norm_conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> nn.Module:
-    """BatchNorm of the input, then SSD's biased conv. Like ``conv_bn`` it makes the predictions
-    independent of the scale of their (L2Norm-scaled) input, but it leaves the outputs free:
-    a BatchNorm on the class logits keeps every class channel at unit variance over all priors
-    while hard-negative mining shapes only a few of them, so a rare class's scores stay noise
-    on the priors the loss never sees (docs/dsod_bccd_run.md)."""
-    return nn.Sequential(
-        get_norm(norm, in_channels), conv(in_channels, out_channels, kernel_size, norm)
-    )
-
-
-@PREDICTOR_REGISTRY.register()
 def separable(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> nn.Module:
     """SSDlite (MobileNetV2 paper): a depthwise conv with norm and ReLU6, then a 1x1 conv."""
     depthwise = Conv2d(
@@ -170,7 +158,7 @@ class SSDHead(nn.Module):
             prediction_module_dims: [bottleneck, out] channels of the prediction modules, for
                 every level or one pair per level.
             kernel_size: of the predictors, for every level or one per level.
-            predictor: name in PREDICTOR_REGISTRY: "conv", "conv_bn", "norm_conv" or "separable".
+            predictor: name in PREDICTOR_REGISTRY: "conv", "conv_bn" or "separable".
         """
         super().__init__()
         if len(num_anchors) != len(input_shape):
