@@ -14,8 +14,11 @@ $(VENV)/.installed: setup.py tools/install_detectron2.sh
 	$(PY) -m pip install -e '.[test,export,int8]' 'numpy<2'  # Detectron2 0.7 needs numpy 1
 	touch $@
 
+# The int8 tests run in their own process: OpenVINO's runtime threads living on in the suite's
+# process ended one full run in a segmentation fault some tests after test_quantize.py.
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/test_quantize.py
+	$(PY) -m pytest -q tests/test_quantize.py
 
 # Quick start: train a small SSD from scratch on the generated digits, evaluate it with the COCO
 # evaluator, draw ground truth | predictions for validation images and plot the training curves.
