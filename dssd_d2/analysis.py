@@ -115,11 +115,12 @@ def prior_scores(model, batched_inputs) -> dict:
     features = [features[f] for f in model.head_in_features]
     predictions = model.head(features)
     gt_instances = [x["instances"].to(model.device) for x in batched_inputs]
+    logits, deltas = model._transpose_dense_predictions(predictions, [model.num_classes + 1, 4])
+    anchors = model.anchor_generator(features)
+    labels, gt_boxes = model.label_anchors(anchors, gt_instances)
     with EventStorage():  # the loss logs the positives per image
-        losses = model.forward_training(images, features, predictions, gt_instances)
-    logits, _ = model._transpose_dense_predictions(predictions, [model.num_classes + 1, 4])
+        losses = model.losses(anchors, logits, labels, deltas, gt_boxes)
     probs = F.softmax(torch.cat(logits, dim=1).float(), dim=-1)  # (N, R, K + 1)
-    labels, _ = model.label_anchors(model.anchor_generator(features), gt_instances)
     labels = torch.stack(labels)
     background = labels == model.num_classes
     per_class = []
