@@ -65,6 +65,12 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD.IOU_THRESHOLD = 0.5
     # Hard negative mining: at most this many negatives per positive, highest loss first.
     _C.MODEL.SSD.NEG_POS_RATIO = 3.0
+    # Classification loss: "hard_negative_mining" (SSD: cross-entropy on the positives and the
+    # NEG_POS_RATIO hardest negatives) or "focal" (softmax focal loss on every prior, weighted by
+    # (1 - p_true) ** FOCAL_LOSS_GAMMA; no mining, so every prior gets a gradient; pair it with
+    # MODEL.SSD_HEAD.PRIOR_PROB).
+    _C.MODEL.SSD.CLS_LOSS = "hard_negative_mining"
+    _C.MODEL.SSD.FOCAL_LOSS_GAMMA = 2.0
     # SSD's variances 0.1 / 0.2 expressed as Box2BoxTransform weights.
     _C.MODEL.SSD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
     _C.MODEL.SSD.SMOOTH_L1_BETA = 1.0
@@ -101,6 +107,10 @@ def add_ssd_config(cfg):
     # "conv_bn" (DSOD's released model: bias-free conv, BatchNorm with learned scale and shift)
     # or "separable" (SSDlite: depthwise conv + norm + ReLU6, then a 1x1 conv).
     _C.MODEL.SSD_HEAD.PREDICTOR = "conv"
+    # Start every prior with this total foreground probability (RetinaNet's PRIOR_PROB, through
+    # the background logit's bias), so that a focal loss over thousands of background priors does
+    # not open with a huge loss; 0: every class equally likely (SSD).
+    _C.MODEL.SSD_HEAD.PRIOR_PROB = 0.0
 
     # ---------------------------------------------------------------- priors (default boxes)
     # Per level: min size, max size (the extra square is sqrt(min * max); 0: none), aspect

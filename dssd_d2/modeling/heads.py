@@ -1,7 +1,9 @@
 """SSD head: per-level class and box convolutions, optionally behind a DSSD prediction module."""
 
+import math
 from typing import List, Sequence, Tuple, Union
 
+import torch
 from torch import nn
 
 from detectron2.config import configurable
@@ -152,6 +154,7 @@ class SSDHead(nn.Module):
         norm: str = "BN",
         kernel_size: Union[int, Sequence[int]] = 3,
         predictor: str = "conv",
+        prior_prob: float = 0.0,
     ):
         """
         Args:
@@ -159,6 +162,7 @@ class SSDHead(nn.Module):
                 every level or one pair per level.
             kernel_size: of the predictors, for every level or one per level.
             predictor: name in PREDICTOR_REGISTRY: "conv", "conv_bn" or "separable".
+            prior_prob: if > 0, every prior starts with this total foreground probability.
         """
         super().__init__()
         if len(num_anchors) != len(input_shape):
@@ -203,6 +207,18 @@ class SSDHead(nn.Module):
                 build_predictor(channels, anchors * (num_classes + 1), kernel, norm)
             )
             self.bbox_pred.append(build_predictor(channels, anchors * 4, kernel, norm))
+        if prior_prob > 0:
+            self._start_background_at(1 - prior_prob)
+
+    def _start_background_at(self, prob: float):
+        """Set each predictor's output bias (a BatchNorm's shift for "conv_bn") so that, with the
+        class logits near zero, softmax gives background ``prob`` and the classes the rest."""
+        background_bias = math.log(self.num_classes * prob / (1 - prob))
+        for cls_score in self.cls_score:
+            last = cls_score[-1] if isinstance(cls_score, nn.Sequential) else cls_score
+            bias = last.norm.bias if getattr(last, "norm", None) is not None else last.bias
+            with torch.no_grad():
+                bias.view(-1, self.num_classes + 1)[:, -1] = background_bias
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec], num_anchors: List[int]):
@@ -217,6 +233,7 @@ class SSDHead(nn.Module):
             "norm": head.NORM,
             "kernel_size": head.KERNEL_SIZES or head.KERNEL_SIZE,
             "predictor": head.PREDICTOR,
+            "prior_prob": head.PRIOR_PROB,
         }
 
     def forward(self, features):

@@ -103,7 +103,8 @@ class SSD(DenseDetector):
 
     Training matches priors to ground truth with an injected matcher (``anchor_matcher``, from
     MODEL.SSD.MATCHER: IoU >= threshold plus a prior for every ground truth), applies softmax
-    cross-entropy with hard negatives mined at NEG:POS and smooth L1 on encoded offsets, both
+    cross-entropy with hard negatives mined at NEG:POS (or a softmax focal loss on every prior,
+    MODEL.SSD.CLS_LOSS) and smooth L1 on encoded offsets, both
     divided by the number of positives. Inference takes softmax scores above a threshold, the
     top k per class, class-wise NMS and the best detections.
     """
@@ -120,6 +121,8 @@ class SSD(DenseDetector):
         num_classes: int,
         anchor_matcher,
         neg_pos_ratio: float = 3.0,
+        cls_loss: str = "hard_negative_mining",
+        focal_loss_gamma: float = 2.0,
         smooth_l1_beta: float = 1.0,
         test_score_thresh: float = 0.01,
         test_topk_candidates: int = 400,
@@ -154,7 +157,13 @@ class SSD(DenseDetector):
         self.num_classes = num_classes
         # (G, R) IoU -> per prior, matched ground truth and label (1 foreground, 0 background).
         self.anchor_matcher = anchor_matcher
+        if cls_loss not in ("hard_negative_mining", "focal"):
+            raise ValueError(
+                f"MODEL.SSD.CLS_LOSS={cls_loss!r}: choose 'hard_negative_mining' or 'focal'"
+            )
         self.neg_pos_ratio = neg_pos_ratio
+        self.cls_loss = cls_loss
+        self.focal_loss_gamma = focal_loss_gamma
         self.smooth_l1_beta = smooth_l1_beta
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
@@ -191,6 +200,8 @@ class SSD(DenseDetector):
             "num_classes": cfg.MODEL.SSD.NUM_CLASSES,
             "anchor_matcher": build_ssd_matcher(cfg),
             "neg_pos_ratio": cfg.MODEL.SSD.NEG_POS_RATIO,
+            "cls_loss": cfg.MODEL.SSD.CLS_LOSS,
+            "focal_loss_gamma": cfg.MODEL.SSD.FOCAL_LOSS_GAMMA,
             "smooth_l1_beta": cfg.MODEL.SSD.SMOOTH_L1_BETA,
             "test_score_thresh": cfg.MODEL.SSD.SCORE_THRESH_TEST,
             "test_topk_candidates": cfg.MODEL.SSD.TOPK_CANDIDATES_TEST,
@@ -243,8 +254,12 @@ class SSD(DenseDetector):
         cls_loss = F.cross_entropy(
             logits.flatten(0, 1), gt_labels.flatten(), reduction="none"
         ).view_as(gt_labels)
-        keep = pos_mask | self.hard_negatives(cls_loss.detach(), pos_mask)
-        loss_cls = cls_loss[keep].sum() / normalizer
+        if self.cls_loss == "focal":
+            p_true = torch.exp(-cls_loss)
+            loss_cls = ((1 - p_true) ** self.focal_loss_gamma * cls_loss).sum() / normalizer
+        else:
+            keep = pos_mask | self.hard_negatives(cls_loss.detach(), pos_mask)
+            loss_cls = cls_loss[keep].sum() / normalizer
 
         loss_box_reg = (
             _dense_box_regression_loss(
