@@ -107,3 +107,44 @@ def test_fresh_head_starts_near_uniform_so_the_first_loss_is_bounded():
         losses = model([training_input(300, [[30, 40, 120, 150], [200, 180, 260, 290]], [0, 2])])
     uniform = math.log(model.num_classes + 1) * (1 + model.neg_pos_ratio)
     assert uniform <= losses["loss_cls"] < 2 * uniform
+
+
+def test_focal_loss_weighs_every_prior_by_its_error():
+    """MODEL.SSD.CLS_LOSS "focal": sum over all priors of (1 - p_true) ** gamma * cross-entropy,
+    divided by the positives; with gamma 0 it is the cross-entropy of every prior, unmined."""
+    cfg = tiny_ssd300_cfg(num_classes=3)
+    cfg.MODEL.SSD.CLS_LOSS = "focal"
+    model = build_model(cfg)
+    torch.manual_seed(0)
+    num_priors = 50
+    anchors = [Boxes(torch.rand(num_priors, 2).repeat(1, 2) * 100 + torch.tensor([0, 0, 20, 20]))]
+    logits = torch.randn(1, num_priors, 4)
+    labels = torch.full((num_priors,), 3)
+    labels[:4] = torch.tensor([0, 1, 2, 0])
+    deltas, boxes = torch.zeros(1, num_priors, 4), anchors[0].tensor.clone()
+    ce = torch.nn.functional.cross_entropy(logits[0], labels, reduction="none")
+    with EventStorage():
+        for gamma in (0.0, 2.0):
+            model.focal_loss_gamma = gamma
+            loss = model.losses(anchors, [logits], [labels], [deltas], [boxes])["loss_cls"]
+            expected = ((1 - torch.exp(-ce)) ** gamma * ce).sum() / 4
+            torch.testing.assert_close(loss, expected)
+
+
+def test_prior_prob_starts_every_predictor_at_background():
+    """MODEL.SSD_HEAD.PRIOR_PROB sets the background logit's bias (a BatchNorm's shift in the
+    "conv_bn" predictors) so that every prior starts at that foreground probability."""
+    for predictor in ("conv", "conv_bn", "separable"):
+        cfg = tiny_ssd300_cfg(num_classes=3)
+        cfg.MODEL.SSD_HEAD.PREDICTOR = predictor
+        cfg.MODEL.SSD_HEAD.PRIOR_PROB = 0.01
+        model = build_model(cfg).eval()
+        image = training_input(300, [], [])["image"].float()
+        with torch.no_grad():
+            features = model.backbone(model.preprocess_image([{"image": image}]).tensor)
+            logits, _ = model.head([features[f] for f in model.head_in_features])
+        for level in logits:
+            probs = level.view(level.shape[0], -1, 4, *level.shape[-2:]).softmax(dim=2)
+            background = probs[:, :, -1]
+            assert background.min() > 0.9 and background.max() < 1, predictor
+            assert abs(background.mean().item() - 0.99) < 0.02, predictor
