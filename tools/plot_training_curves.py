@@ -7,19 +7,23 @@ Writes losses, learning rate and any evaluation AP against the iteration (defaul
 metrics.json as training_curves.png) and prints the path.
 """
 
+import argparse
 import os
-import sys
 
 from dssd_d2.visualization import plot_training_curves
 
 
 def main():
-    if len(sys.argv) not in (2, 3):
-        sys.exit(__doc__)
-    metrics = sys.argv[1]
-    default = os.path.join(os.path.dirname(os.path.abspath(metrics)), "training_curves.png")
-    output = sys.argv[2] if len(sys.argv) == 3 else default
-    print(f"Wrote {plot_training_curves(metrics, output)}")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("metrics", help="metrics.json of a run (its OUTPUT_DIR)")
+    parser.add_argument("output", nargs="?", help="PNG to write (default: beside metrics.json)")
+    args = parser.parse_args()
+    if not os.path.isfile(args.metrics):
+        parser.error(f"{args.metrics}: no such file (give a run's OUTPUT_DIR/metrics.json)")
+    default = os.path.join(os.path.dirname(os.path.abspath(args.metrics)), "training_curves.png")
+    print(f"Wrote {plot_training_curves(args.metrics, args.output or default)}")
 
 
 if __name__ == "__main__":
