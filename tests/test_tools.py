@@ -64,3 +64,21 @@ def test_training_curves_from_metrics_json(tmp_path):
     metrics.write_text(json.dumps({"iteration": 0, "bbox/AP50": 1.0}) + "\n")
     with pytest.raises(ValueError, match="no loss"):
         plot_training_curves(str(metrics), str(tmp_path / "none.png"))
+
+
+def test_model_stats_takes_overrides_after_several_config_files():
+    def rows(*extra):
+        command = [
+            sys.executable, os.path.join(ROOT, "tools", "model_stats.py"), "--no-flops",
+            "--config-file", os.path.join(ROOT, "configs", "quickstart", "ssd_digits.yaml"),
+            os.path.join(ROOT, "configs", "quickstart", "tiny_dsod_digits.yaml"), *extra,
+        ]  # fmt: skip
+        run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        cells = [line.split("|") for line in run.stdout.splitlines() if "quickstart" in line]
+        return [(c[1].strip().split("/")[-1], float(c[2])) for c in cells]
+
+    default, three_classes = rows(), rows("MODEL.SSD.NUM_CLASSES", "3")
+    assert [name for name, _ in three_classes] == ["ssd_digits.yaml", "tiny_dsod_digits.yaml"]
+    # 3 classes instead of 10 shrink each model's class predictors.
+    assert all(p < d for (_, p), (_, d) in zip(three_classes, default)), (three_classes, default)

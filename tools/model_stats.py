@@ -23,6 +23,13 @@ def main():
     parser.add_argument("--no-flops", action="store_true", help="skip the (slow) FLOP count")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args()
+    # "--config-file a.yaml b.yaml KEY VALUE": the list ends at the first entry that is not a
+    # config file; the rest are overrides.
+    files = [f for f in args.config_file if f.endswith((".yaml", ".yml", ".py"))]
+    overrides = args.config_file[len(files) :]
+    if args.config_file[: len(files)] != files:
+        parser.error(f"--config-file: config files first, then KEY VALUE: {args.config_file}")
+    args.config_file, args.opts = files, overrides + args.opts
 
     print(
         "| config | params (M) | with BN statistics (M) | of which backbone (M) | GFLOPs "
