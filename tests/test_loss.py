@@ -9,7 +9,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from helpers import tiny_ssd300_cfg, training_input
+from helpers import network_outputs, tiny_ssd300_cfg, training_input
 
 
 def _model():
@@ -139,10 +139,8 @@ def test_prior_prob_starts_every_predictor_at_background():
         cfg.MODEL.SSD_HEAD.PREDICTOR = predictor
         cfg.MODEL.SSD_HEAD.PRIOR_PROB = 0.01
         model = build_model(cfg).eval()
-        image = training_input(300, [], [])["image"].float()
-        with torch.no_grad():
-            features = model.backbone(model.preprocess_image([{"image": image}]).tensor)
-            logits, _ = model.head([features[f] for f in model.head_in_features])
+        num_levels = len(model.head_in_features)
+        logits = network_outputs(model, 300)[num_levels : 2 * num_levels]
         for level in logits:
             probs = level.view(level.shape[0], -1, 4, *level.shape[-2:]).softmax(dim=2)
             background = probs[:, :, -1]
