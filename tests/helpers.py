@@ -26,6 +26,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.utils.env import seed_all_rng
 
 import dssd_d2
 from dssd_d2.analysis import calibrate_batch_norms
@@ -302,7 +303,9 @@ def write_voc_dataset(folder, class_names, split="test", num_images=6, size=(60,
 
 # ---------------------------------------------------------------- training
 def train_and_track(cfg, output_dir):
-    """Train ``cfg`` with SSDTrainer from scratch; return the trainer and the weights that moved."""
+    """Train ``cfg`` with SSDTrainer from scratch; return the trainer and the weights that moved.
+    Seeded, so that the batches, and which levels get matched priors, are the same every run."""
+    seed_all_rng(0)
     cfg.OUTPUT_DIR = str(output_dir)
     trainer = SSDTrainer(cfg)
     trainer.resume_or_load(resume=False)

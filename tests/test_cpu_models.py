@@ -340,7 +340,7 @@ def test_trains_from_scratch(name, tmp_path):
     # Most weights move in two steps (a level without selected priors may not, its BatchNorm
     # shift having no gradient and no weight decay).
     trained = {k for k, p in trainer.model.named_parameters() if p.requires_grad}
-    assert len(trained & changed) > 0.8 * len(trained)
+    assert len(trained & changed) > 0.9 * len(trained)
     losses = [loss for loss, _ in trainer.storage.history("total_loss").values()]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
 
