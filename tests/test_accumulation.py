@@ -1,5 +1,6 @@
 """Gradient accumulation: n micro-batches make the same step as one n-times larger batch, with and
-without AMP, and training resumed from a checkpoint continues exactly like an uninterrupted run."""
+without AMP, and training resumed from a checkpoint continues exactly like an uninterrupted run.
+AMP on a CPU: bfloat16 autocast, without a scaler, in every trainer that reads SOLVER.AMP."""
 
 import os
 
@@ -11,7 +12,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils.events import EventStorage
 
 from dssd_d2.engine import SSDTrainer
-from dssd_d2.engine.accumulation import GradientAccumulationTrainer
+from dssd_d2.engine.accumulation import GradientAccumulationTrainer, build_step_trainer
 
 from helpers import register_cells_dataset, tiny_dsod_cfg
 
@@ -99,6 +100,30 @@ def test_amp_with_grad_scaler_matches_fp32_and_keeps_the_scaler_state():
     taken = GradientAccumulationTrainer.from_trainer(d2_amp, 3)
     assert (taken.grad_scaler, taken.precision) == (scaler, torch.bfloat16)
     assert taken.accumulation_steps == 3
+
+
+def test_cpu_amp_is_bfloat16_autocast_without_a_scaler():
+    data = _batches(8, 4)
+    model, optimizer = _model_and_optimizer()
+    step = build_step_trainer(model, data, optimizer, amp=True, accumulation_steps=2)
+    assert isinstance(step, GradientAccumulationTrainer) and step.accumulation_steps == 2
+    assert (step.precision, step.grad_scaler) == (torch.bfloat16, None)
+    seen = []
+    model.conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    _train(step, 1)
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    fp32, fp32_optimizer = _model_and_optimizer()
+    _train(build_step_trainer(fp32, data, fp32_optimizer, amp=False, accumulation_steps=2), 1)
+    for p, q in zip(model.parameters(), fp32.parameters()):
+        torch.testing.assert_close(p, q, rtol=0.05, atol=0.02)  # bfloat16 forward
+        assert p.dtype == torch.float32
+
+    plain = build_step_trainer(model, data, optimizer, amp=False)
+    assert type(plain) is SimpleTrainer
+    with pytest.raises(ValueError, match="precision"):
+        GradientAccumulationTrainer(
+            model, data, optimizer, 1, grad_scaler=torch.amp.GradScaler("cpu")
+        )
 
 
 def _single_image_cfg(tmp_path, output):

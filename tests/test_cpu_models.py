@@ -346,6 +346,31 @@ def test_trains_from_scratch(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_trains_in_bfloat16_channels_last_like_float32(name, tmp_path):
+    """SOLVER.AMP.ENABLED on the CPU with MODEL.CHANNELS_LAST: the same first loss as float32
+    up to bfloat16 rounding, the same weights move, and the weights stay float32 (channels-last)."""
+    runs = {}
+    for amp in (False, True):
+        cfg = TINY_MODELS[name]()
+        cfg.DATASETS.TRAIN = (register_random_dataset("cpu_models_random", tmp_path),)
+        cfg.DATASETS.TEST = ()
+        cfg.SOLVER.AMP.ENABLED = cfg.MODEL.CHANNELS_LAST = amp
+        runs[amp] = train_and_track(cfg, tmp_path / f"amp_{amp}")
+    (_, fp32_changed), (bf16, bf16_changed) = runs[False], runs[True]
+    assert bf16._trainer.precision == torch.bfloat16
+    first = {
+        run: trainer.storage.history("total_loss").values()[0][0]
+        for run, (trainer, _) in runs.items()
+    }
+    assert first[True] == pytest.approx(first[False], rel=0.05)
+    assert first[True] != first[False]  # autocast did run in bfloat16
+    assert bf16_changed == fp32_changed
+    convs = [m.weight for m in bf16.model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w.dtype == torch.float32 for w in convs)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
 def test_folds_every_batch_norm(name):
     torch.manual_seed(0)
     cfg = TINY_MODELS[name]()
@@ -371,9 +396,11 @@ def test_onnx_round_trip_in_onnxruntime(name, tmp_path):
 # ---------------------------------------------------------------------------- peer tool, data
 
 
-def test_peer_tool_trains_torchvision_ssdlite_and_evaluates_it_with_our_evaluator(tmp_path, capsys):
-    """A few seconds of training on random images, then our evaluator (COCO's, for a dataset
-    without an evaluator_type): copypaste lines, metrics.json with losses, lr and AP."""
+@pytest.mark.parametrize("amp", [False, True])
+def test_peer_tool_trains_torchvision_ssdlite_and_evaluates_it_with_our_evaluator(amp, tmp_path):
+    """A few seconds of training on random images (float32, or with --amp bfloat16 autocast in
+    channels-last), then our evaluator (COCO's, for a dataset without an evaluator_type):
+    copypaste lines, metrics.json with losses, lr and AP."""
     tool = _load_tool("peer_ssdlite")
     name = register_random_dataset("peer_random", tmp_path, num_images=4, size_range=(90, 140))
     out = tmp_path / "peer"
@@ -383,7 +410,7 @@ def test_peer_tool_trains_torchvision_ssdlite_and_evaluates_it_with_our_evaluato
             "--minutes", "0.05", "--batch-size", "2", "--output-dir", str(out),
             "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", f"('{name}',)",
             "DATALOADER.NUM_WORKERS", "0",
-        ]
+        ] + (["--amp"] if amp else [])
     )  # fmt: skip
     assert set(results[name]["bbox"]) >= {"AP", "AP50", "AP75"}
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
@@ -391,7 +418,10 @@ def test_peer_tool_trains_torchvision_ssdlite_and_evaluates_it_with_our_evaluato
     assert "bbox/AP50" in records[-1]
     summary = json.loads((out / "results.json").read_text())
     assert summary["peer"]["iterations"] >= 1 and summary["peer"]["training_minutes"] >= 0.05
-    assert (out / "model_final.pth").exists()
+    assert summary["peer"]["amp"] == amp
+    weights = torch.load(out / "model_final.pth")
+    first_conv = weights["backbone.features.0.0.0.weight"]
+    assert first_conv.is_contiguous(memory_format=torch.channels_last) == amp
     assert tool.learning_rate(0.1, 0, 10, 0.0, 60.0) == pytest.approx(1e-4)
     assert tool.learning_rate(0.1, 10, 10, 30.0, 60.0) == pytest.approx(0.05)
 

@@ -95,4 +95,7 @@ def test_benchmark_tool_writes_every_figure(tmp_path):
     assert "| fast |" in stdout
     (result,) = json.loads(output.read_text())["results"]
     assert set(result["latency"]) == {"eager", "folded", "fast"}
-    assert result["default_boxes"] == 8732 and result["train_images_per_s"] > 0
+    assert result["default_boxes"] == 8732
+    assert set(result["train_images_per_s"]) == {"fp32", "fp32-cl", "bf16-cl"}
+    assert all(speed > 0 for speed in result["train_images_per_s"].values())
+    assert "bf16-cl" in stdout

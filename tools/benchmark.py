@@ -7,7 +7,8 @@
 Per config: parameters, GFLOPs and default boxes (dssd_d2.analysis, as tools/model_stats.py), then for each mode the
 median latency of one image split into preprocessing, network and post-processing, images/s at
 --batch, and the peak memory allocated during one inference; then training images/s (forward,
-backward and SGD step, eager fp32). Modes, measured interleaved (mode after mode, repeatedly) so
+backward and SGD step of the step trainer train_net.py uses) in float32, float32 channels-last
+(MODEL.CHANNELS_LAST) and bfloat16 autocast channels-last (SOLVER.AMP.ENABLED on a CPU). Modes, measured interleaved (mode after mode, repeatedly) so
 that a busy machine slows all of them alike:
 
 - eager: the model as built, fp32;
@@ -30,6 +31,7 @@ int8 and bf16 gains depend.
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import time
@@ -47,6 +49,7 @@ from detectron2.utils.events import EventStorage
 import dssd_d2
 from dssd_d2.analysis import calibrate_batch_norms, count_gflops, model_stats
 from dssd_d2.deploy import bf16_autocast, count_batch_norms, fold_batch_norm, optimize_for_inference
+from dssd_d2.engine.accumulation import build_step_trainer
 
 MODES = ("eager", "folded", "fast", "fast-bf16", "int8", "torchvision")
 # /proc/cpuinfo flags that int8 and bf16 inference use, in the names printed.
@@ -248,14 +251,14 @@ def peak_memory_mb(run, images, device):
     return peak / 2**20
 
 
+# Training modes: (SOLVER.AMP.ENABLED, MODEL.CHANNELS_LAST).
+TRAIN_MODES = {"fp32": (False, False), "fp32-cl": (False, True), "bf16-cl": (True, True)}
+
+
 def training_images_per_second(cfg, args):
-    """Forward, backward and SGD step of the eager model on random images with two boxes."""
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
+    """Training steps (forward, backward, SGD step) of the step trainer that SSDTrainer builds,
+    on random images with two boxes, per TRAIN_MODES entry, interleaved."""
     size = cfg.INPUT.FIXED_SIZE
-    optimizer = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
-    )
     inputs = []
     for image in random_images(cfg, args.train_batch, seed=1):
         instances = Instances((size, size))
@@ -263,19 +266,27 @@ def training_images_per_second(cfg, args):
         instances.gt_boxes = Boxes(torch.tensor(boxes) * size)
         instances.gt_classes = torch.tensor([0, 1])
         inputs.append({"image": image, "instances": instances})
-    times = []
-    with EventStorage():
+    steps = {}
+    for mode, (amp, channels_last) in TRAIN_MODES.items():
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+        steps[mode] = build_step_trainer(model, itertools.repeat(inputs), optimizer, amp=amp)
+    times = {mode: [] for mode in steps}
+    with EventStorage() as storage:
         for i in range(1 + args.train_iters):
-            synchronize(model.device)
-            start = time.perf_counter()
-            loss = sum(model(inputs).values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            synchronize(model.device)
-            if i > 0:
-                times.append(time.perf_counter() - start)
-    return args.train_batch / statistics.median(times)
+            for mode, step in steps.items():
+                storage.iter = step.iter = i
+                synchronize(step.model.device)
+                start = time.perf_counter()
+                step.run_step()
+                synchronize(step.model.device)
+                if i > 0:
+                    times[mode].append(time.perf_counter() - start)
+    return {mode: args.train_batch / statistics.median(t) for mode, t in times.items()}
 
 
 def benchmark_config(config_file, args):
@@ -314,11 +325,15 @@ def format_mb(value):
 def print_result(result, args):
     gflops = "-" if result["gflops"] is None else f"{result['gflops']:.2f}"
     train = result.get("train_images_per_s")
+    if train:
+        train = ", ".join(
+            f"{mode} {speed:.2f} ({speed / train['fp32']:.2f}x)" for mode, speed in train.items()
+        )
     print(
         f"\n### {result['config']}\n\n{result['params'] / 1e6:.3f}M parameters, {gflops} "
         f"GFLOPs, {result['default_boxes']} default boxes, {result['batch_norms']} BatchNorm "
         "layers"
-        + (f"; training {train:.2f} images/s (batch {args.train_batch})" if train else "")
+        + (f"; training images/s at batch {args.train_batch}: {train}" if train else "")
         + "\n"
     )
     print(

@@ -6,7 +6,7 @@
 
 Detectron2's recipe (its tools/lazyconfig_train_net.py): the config's ``model``, ``optimizer``,
 ``dataloader``, ``lr_multiplier`` and ``train`` are instantiated, a SimpleTrainer (AMPTrainer with
-``train.amp.enabled``) runs Detectron2's hooks, overrides are ``key=value``. What the YAML flow
+``train.amp.enabled``; bfloat16 autocast on a CPU) runs Detectron2's hooks, overrides are ``key=value``. What the YAML flow
 (train_net.py, SSDTrainer) adds is kept: ``train.accumulation_steps`` micro-batches per optimizer
 step, crash-safe checkpoints, the count of images the mapper skipped (``data/skipped_images``),
 and the CPU when CUDA is absent. ``--eval-only`` evaluates ``train.init_checkpoint``.
@@ -16,8 +16,6 @@ import torch
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
-    AMPTrainer,
-    SimpleTrainer,
     create_ddp_model,
     default_argument_parser,
     default_setup,
@@ -30,7 +28,7 @@ from detectron2.utils import comm
 
 import dssd_d2  # noqa: F401  (registers our parts and datasets)
 from dssd_d2.data.validation import SkipCountingLoader
-from dssd_d2.engine.accumulation import GradientAccumulationTrainer
+from dssd_d2.engine.accumulation import build_step_trainer
 from dssd_d2.engine.checkpoint import AtomicCheckpointer
 
 
@@ -46,17 +44,19 @@ def do_test(cfg, model):
 
 
 def build_trainer(cfg, model):
-    """Step trainer over ``dataloader.train``: SimpleTrainer or AMPTrainer, accumulating
-    gradients over ``train.accumulation_steps`` micro-batches when that is above 1."""
+    """Step trainer over ``dataloader.train``: SimpleTrainer or AMPTrainer (bfloat16 autocast on a
+    CPU), accumulating gradients over ``train.accumulation_steps`` micro-batches when above 1."""
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     loader = SkipCountingLoader(instantiate(cfg.dataloader.train))
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, loader, optimizer)
-    steps = cfg.train.get("accumulation_steps", 1)
-    if steps != 1:
-        trainer = GradientAccumulationTrainer.from_trainer(trainer, steps)
-    return trainer
+    return build_step_trainer(
+        model,
+        loader,
+        optimizer,
+        amp=cfg.train.amp.enabled,
+        accumulation_steps=cfg.train.get("accumulation_steps", 1),
+    )
 
 
 def do_train(cfg, resume: bool = False):

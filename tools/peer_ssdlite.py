@@ -19,6 +19,8 @@ epoch (at most 1000 iterations); then cosine annealing to 0 over the budget, by 
 time instead of epochs; "ssdlite" augmentation (SSD's IoU crop and a horizontal flip, no
 photometric distortion and no zoom-out); the model's own 320x320 resize and [-1, 1]
 normalisation; inference with torchvision's defaults (score > 0.001, NMS 0.55, 300 detections).
+In float32, as torchvision's recipe trains on a CPU; ``--amp`` gives it the bfloat16 autocast and
+channels-last layout that SOLVER.AMP.ENABLED and MODEL.CHANNELS_LAST give our models.
 
 The budget counts training time only (loading batches, forward, backward and step); evaluations
 pause it. Writes OUTPUT_DIR/metrics.json (losses, lr and AP, for tools/plot_training_curves.py),
@@ -167,6 +169,8 @@ def train(args, cfg):
     model = ssdlite320_mobilenet_v3_large(
         weights=None, weights_backbone=None, num_classes=num_classes + 1
     )
+    if args.amp:
+        model.to(memory_format=torch.channels_last)
     model.train()
     records = [r for name in cfg.DATASETS.TRAIN for r in DatasetCatalog.get(name)]
     loader = DataLoader(
@@ -190,6 +194,7 @@ def train(args, cfg):
         f"Peer: torchvision ssdlite320_mobilenet_v3_large from scratch, {len(records)} training "
         f"images, batch {args.batch_size}, lr {base_lr:g}, warm-up {warmup_iters} iterations, "
         f"{args.minutes:g} min of training on {torch.get_num_threads()} threads"
+        + (", bfloat16 autocast, channels-last" if args.amp else ", float32")
     )
 
     writer = JSONWriter(os.path.join(args.output_dir, "metrics.json"))
@@ -202,7 +207,8 @@ def train(args, cfg):
             lr = learning_rate(base_lr, iteration, warmup_iters, elapsed, budget)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            losses = model(list(images), list(targets))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp):
+                losses = model(list(images), list(targets))
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -242,6 +248,7 @@ def train(args, cfg):
             "training_minutes": elapsed / 60.0,
             "lr": base_lr,
             "batch_size": args.batch_size,
+            "amp": args.amp,
         }
         results = _evaluate_all(model, cfg, args.output_dir)
         _put_results(storage, results)
@@ -261,6 +268,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--output-dir", default="", help="default: OUTPUT_DIR + '_peer_ssdlite'")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="train in bfloat16 autocast and channels-last, as SOLVER.AMP.ENABLED and "
+        "MODEL.CHANNELS_LAST train ours on a CPU (torchvision's own --amp is float16 on CUDA "
+        "only, so off by default; the config's keys are not read for the peer)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
 

@@ -4,6 +4,8 @@ import logging
 import os
 import weakref
 
+import torch
+
 from detectron2.data import (
     DatasetFromList,
     MetadataCatalog,
@@ -14,13 +16,7 @@ from detectron2.data import (
 )
 from detectron2.data import transforms as T
 from detectron2.data.samplers import InferenceSampler
-from detectron2.engine import (
-    AMPTrainer,
-    DefaultPredictor,
-    DefaultTrainer,
-    SimpleTrainer,
-    TrainerBase,
-)
+from detectron2.engine import DefaultPredictor, DefaultTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -28,7 +24,7 @@ from detectron2.utils.logger import setup_logger
 from ..data import SSDDatasetMapper
 from ..data.validation import SkipCountingLoader, check_dataset_classes
 from ..evaluation import PascalVOCDetectionEvaluatorWithClassAP
-from .accumulation import GradientAccumulationTrainer
+from .accumulation import build_step_trainer
 from .checkpoint import AtomicCheckpointer
 from .distributed import check_batch_norm_batches, create_ddp_model
 
@@ -60,8 +56,9 @@ class SSDTrainer(DefaultTrainer):
         """DefaultTrainer.__init__ (same parts, same order) except that: the model is checked
         for BatchNorms that would crash at this per-process batch before anything else is
         built; DDP gets device ids only on a GPU, so that multi-process training also runs on
-        CPU-only machines (gloo); SOLVER.ACCUMULATION_STEPS > 1 accumulates micro-batches; the
-        checkpointer is the atomic one."""
+        CPU-only machines (gloo); SOLVER.ACCUMULATION_STEPS > 1 accumulates micro-batches;
+        SOLVER.AMP.ENABLED on a CPU trains in bfloat16 autocast; the checkpointer is the atomic
+        one."""
         TrainerBase.__init__(self)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):  # setup_logger is not called for d2
@@ -74,12 +71,13 @@ class SSDTrainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
 
         model = create_ddp_model(model, broadcast_buffers=False)
-        step = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
+        self._trainer = build_step_trainer(
+            model,
+            data_loader,
+            optimizer,
+            amp=cfg.SOLVER.AMP.ENABLED,
+            accumulation_steps=cfg.SOLVER.ACCUMULATION_STEPS,
         )
-        if cfg.SOLVER.ACCUMULATION_STEPS != 1:  # < 1 is rejected with a message
-            step = GradientAccumulationTrainer.from_trainer(step, cfg.SOLVER.ACCUMULATION_STEPS)
-        self._trainer = step
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # Written by the main process only (Detectron2's save_to_disk), atomically.
@@ -126,6 +124,15 @@ class SSDTrainer(DefaultTrainer):
             # Each process skips in its own share of the data: log the total.
             skipped = sum(comm.all_gather(loader.skipped))
             self.storage.put_scalar("data/skipped_images", skipped, smoothing_hint=False)
+
+    @classmethod
+    def build_model(cls, cfg):
+        """DefaultTrainer's, in channels-last memory layout when MODEL.CHANNELS_LAST is set (the
+        layout oneDNN's CPU convolutions are fastest in; checkpoints load into it unchanged)."""
+        model = super().build_model(cfg)
+        if cfg.MODEL.CHANNELS_LAST:
+            model.to(memory_format=torch.channels_last)
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -219,6 +219,9 @@ class SSD(DenseDetector):
         pred_logits, pred_deltas = self._transpose_dense_predictions(
             predictions, [self.num_classes + 1, 4]
         )
+        # The losses in float32, also when the network runs under bf16 autocast (SOLVER.AMP).
+        pred_logits = [x.float() for x in pred_logits]
+        pred_deltas = [x.float() for x in pred_deltas]
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         return self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes)
