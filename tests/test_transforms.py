@@ -1,7 +1,9 @@
-"""SSD augmentations keep boxes valid; the mapper keeps a box only when its centre stays inside."""
+"""SSD augmentations keep boxes valid; the mapper keeps a box only when its centre stays inside;
+the photometric distortion's lookup tables give the pixels of SSD's float arithmetic."""
 
 import random
 
+import cv2
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
 from dssd_d2.data import PhotometricDistortion, RandomExpand, SSDDatasetMapper
-from dssd_d2.data.transforms import SSDMinIoURandomCrop, build_ssd_augmentation
+from dssd_d2.data.transforms import SSDMinIoURandomCrop, _distort, build_ssd_augmentation
 
 from helpers import make_cfg
 
@@ -71,6 +73,41 @@ def test_expand_fills_with_the_mean_and_keeps_the_image():
     if x0 > 0:
         np.testing.assert_array_equal(out[0, 0], [10, 20, 30])
     np.testing.assert_allclose(aug_input.boxes, boxes + [x0, y0, x0, y0])
+
+
+def _distort_arithmetic(image, brightness, contrast, saturation, hue, contrast_first, order):
+    """SSD's distortion as float32 arithmetic on the whole image (the reference's recipe)."""
+    img = image.astype(np.float32)
+    img += brightness
+    if contrast_first:
+        img *= contrast
+    if saturation != 1.0 or hue:  # the HSV round trip is lossy: only when it changes something
+        hsv = cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV)
+        hsv = hsv.astype(np.float32)
+        hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+        hsv[..., 0] = (hsv[..., 0] + hue / 2.0) % 180.0
+        img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    if not contrast_first:
+        img *= contrast
+    img = img[..., list(order)] if order is not None else img
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_photometric_tables_give_the_pixels_of_the_float_arithmetic():
+    rng = np.random.RandomState(0)
+    image, _ = _image_and_boxes(1)
+    for _ in range(40):
+        params = dict(
+            brightness=rng.choice([0.0, rng.uniform(-32, 32)]),
+            contrast=rng.choice([1.0, rng.uniform(0.5, 1.5)]),
+            saturation=rng.choice([1.0, rng.uniform(0.5, 1.5)]),
+            hue=rng.choice([0.0, rng.uniform(-18, 18)]),
+            contrast_first=bool(rng.rand() < 0.5),
+            order=tuple(rng.permutation(3)) if rng.rand() < 0.5 else None,
+        )
+        np.testing.assert_array_equal(
+            _distort(image, **params), _distort_arithmetic(image, **params), err_msg=str(params)
+        )
 
 
 def test_ssd_crop_accepts_a_patch_that_fits_one_box_of_many():

@@ -16,7 +16,7 @@ the LR scheduler (its hook) and, with AMP, the gradient scaler.
 :func:`build_step_trainer` turns Detectron2's SOLVER.AMP.ENABLED (LazyConfig: train.amp.enabled)
 into bfloat16 autocast when the model is on a CPU, where Detectron2's AMPTrainer refuses to run.
 bfloat16 keeps float32's exponent range, so no loss scaling is needed; on CPUs with AVX512-BF16 or
-AMX its convolutions are several times faster (docs/cpu_training_speed.md).
+AMX its convolutions are several times faster (docs/speed.md, "Training in bfloat16").
 """
 
 import contextlib
