@@ -2,6 +2,7 @@
 without AMP, and training resumed from a checkpoint continues exactly like an uninterrupted run.
 AMP on a CPU: bfloat16 autocast, without a scaler, in every trainer that reads SOLVER.AMP."""
 
+import logging
 import os
 
 import pytest
@@ -12,6 +13,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils.events import EventStorage
 
 from dssd_d2.engine import SSDTrainer
+from dssd_d2.engine import accumulation
 from dssd_d2.engine.accumulation import GradientAccumulationTrainer, build_step_trainer
 
 from helpers import register_cells_dataset, tiny_dsod_cfg
@@ -102,7 +104,7 @@ def test_amp_with_grad_scaler_matches_fp32_and_keeps_the_scaler_state():
     assert taken.accumulation_steps == 3
 
 
-def test_cpu_amp_is_bfloat16_autocast_without_a_scaler():
+def test_cpu_amp_is_bfloat16_autocast_without_a_scaler(monkeypatch, caplog):
     data = _batches(8, 4)
     model, optimizer = _model_and_optimizer()
     step = build_step_trainer(model, data, optimizer, amp=True, accumulation_steps=2)
@@ -117,6 +119,11 @@ def test_cpu_amp_is_bfloat16_autocast_without_a_scaler():
     for p, q in zip(model.parameters(), fp32.parameters()):
         torch.testing.assert_close(p, q, rtol=0.05, atol=0.02)  # bfloat16 forward
         assert p.dtype == torch.float32
+
+    monkeypatch.setattr(accumulation, "cpu_has_bfloat16", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        build_step_trainer(model, data, optimizer, amp=True)
+    assert "without AVX512-BF16 or AMX" in caplog.text
 
     plain = build_step_trainer(model, data, optimizer, amp=False)
     assert type(plain) is SimpleTrainer

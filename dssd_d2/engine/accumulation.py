@@ -20,6 +20,7 @@ AMX its convolutions are several times faster (docs/speed.md, "Training in bfloa
 """
 
 import contextlib
+import logging
 import time
 from typing import Dict, Optional
 
@@ -150,11 +151,26 @@ class GradientAccumulationTrainer(SimpleTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether the CPU has bfloat16 instructions (Linux /proc/cpuinfo; True when unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def build_step_trainer(model, data_loader, optimizer, *, amp: bool, accumulation_steps: int = 1):
     """The step trainer for SOLVER.AMP.ENABLED and SOLVER.ACCUMULATION_STEPS: SimpleTrainer,
     Detectron2's AMPTrainer (float16 with a gradient scaler, CUDA), or
     GradientAccumulationTrainer, which also runs AMP on a CPU, as bfloat16 autocast."""
     if amp and next(model.parameters()).device.type == "cpu":
+        if not cpu_has_bfloat16():
+            logging.getLogger(__name__).warning(
+                "SOLVER.AMP.ENABLED on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated "
+                "and may train slower than float32 (compare with tools/benchmark.py)"
+            )
         return GradientAccumulationTrainer(
             model, data_loader, optimizer, accumulation_steps, precision=torch.bfloat16
         )
