@@ -408,9 +408,10 @@ def test_peer_tool_trains_torchvision_ssdlite_and_evaluates_it_with_our_evaluato
         [
             "--config-file", os.path.join(ROOT, "configs", "BCCD", "tiny_dsod300_cpu.yaml"),
             "--minutes", "0.05", "--batch-size", "2", "--output-dir", str(out),
+        ] + (["--amp"] if amp else []) + [
             "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", f"('{name}',)",
             "DATALOADER.NUM_WORKERS", "0",
-        ] + (["--amp"] if amp else [])
+        ]
     )  # fmt: skip
     assert set(results[name]["bbox"]) >= {"AP", "AP50", "AP75"}
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
