@@ -16,8 +16,9 @@ from dssd_d2.engine import SSDTrainer
 from helpers import make_cfg, write_coco_dataset, write_voc_dataset
 
 
-def evaluate_ground_truth(dataset_name, output_dir):
-    """SSDTrainer's evaluator for ``dataset_name`` fed each image's annotations as detections."""
+def evaluate_ground_truth(dataset_name, output_dir, shrink=0.0):
+    """SSDTrainer's evaluator for ``dataset_name`` fed each image's annotations as detections,
+    each box first shrunk by ``shrink`` of its width and height on every side."""
     cfg = make_cfg()
     cfg.OUTPUT_DIR = str(output_dir)
     records = DatasetCatalog.get(dataset_name)
@@ -27,7 +28,9 @@ def evaluate_ground_truth(dataset_name, output_dir):
         annotations = record["annotations"]
         instances = Instances((record["height"], record["width"]))
         boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
-        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        size = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+        instances.pred_boxes = Boxes(boxes + shrink * size * torch.tensor([1, 1, -1, -1]))
         instances.scores = torch.ones(len(annotations))
         instances.pred_classes = torch.tensor([a["category_id"] for a in annotations])
         evaluator.process([record], [{"instances": instances}])
@@ -74,3 +77,17 @@ def test_voc_folder(tmp_path):
     MetadataCatalog.get("ap100_voc").evaluator_type = "pascal_voc"  # as datasets/README.md says
     results = evaluate_ground_truth("ap100_voc", tmp_path / "out")
     assert_every_class_at_100(results, "ap100_voc")
+
+
+def test_voc_per_class_ap75_sees_loose_boxes(tmp_path):
+    """Boxes shrunk by 10% of their size on each side (IoU 0.64): every class at AP50 100 and
+    AP75 0, per class as in the means."""
+    classes = ["cat", "bus"]
+    write_voc_dataset(tmp_path, classes, split="test")
+    register_pascal_voc("loose_voc", str(tmp_path), "test", 2007, classes)
+    MetadataCatalog.get("loose_voc").evaluator_type = "pascal_voc"
+    results = evaluate_ground_truth("loose_voc", tmp_path / "out", shrink=0.1)
+    for name in classes:
+        assert results[f"AP50-{name}"] == pytest.approx(100.0)
+        assert results[f"AP75-{name}"] == pytest.approx(0.0)
+    assert (results["AP50"], results["AP75"]) == pytest.approx((100.0, 0.0))
