@@ -154,8 +154,9 @@ def add_ssd_config(cfg):
     _C.SOLVER.ACCUMULATION_STEPS = 1
     # Detectron2's SOLVER.AMP.ENABLED also works on a CPU, as bfloat16 autocast (float16 with a
     # gradient scaler on CUDA, as in Detectron2). With MODEL.CHANNELS_LAST the model is kept in
-    # channels-last memory layout. Both pay on CPUs with AVX512-BF16 or AMX (training steps 2-2.7x
-    # faster together, docs/speed.md, "Training in bfloat16"); without them bfloat16 can be slower.
+    # channels-last memory layout. Both pay on CPUs with AVX512-BF16 or AMX (training steps
+    # 2.5-3x faster together for the dense models, docs/speed.md, "Training in bfloat16");
+    # without them bfloat16 can be slower.
     _C.MODEL.CHANNELS_LAST = False
 
     # ---- DSOD

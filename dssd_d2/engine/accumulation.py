@@ -22,7 +22,7 @@ AMX its convolutions are several times faster (docs/speed.md, "Training in bfloa
 import contextlib
 import logging
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Set
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -151,14 +151,21 @@ class GradientAccumulationTrainer(SimpleTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
-def cpu_has_bfloat16() -> bool:
-    """Whether the CPU has bfloat16 instructions (Linux /proc/cpuinfo; True when unknown)."""
+def cpu_flags() -> Optional[Set[str]]:
+    """The CPU's instruction-set flags from /proc/cpuinfo (Linux); None when unknown."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            return next(
+                (set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), None
+            )
     except OSError:
-        return True
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return None
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether the CPU has bfloat16 instructions (AVX512-BF16 or AMX; True when unknown)."""
+    flags = cpu_flags()
+    return flags is None or bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def build_step_trainer(model, data_loader, optimizer, *, amp: bool, accumulation_steps: int = 1):
