@@ -74,6 +74,10 @@ def add_ssd_config(cfg):
     # SSD's variances 0.1 / 0.2 expressed as Box2BoxTransform weights.
     _C.MODEL.SSD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
     _C.MODEL.SSD.SMOOTH_L1_BETA = 1.0
+    # Box loss, as MODEL.RETINANET.BBOX_REG_LOSS_TYPE: "smooth_l1" (SSD: on the encoded
+    # offsets) or "giou", "diou", "ciou" (on the decoded boxes: an overlap loss, which weighs
+    # a box's error by the box's size as AP at IoU 0.75 does).
+    _C.MODEL.SSD.BBOX_REG_LOSS_TYPE = "smooth_l1"
     # Inference: softmax scores above SCORE_THRESH_TEST, at most TOPK_CANDIDATES_TEST per
     # class before class-wise NMS at NMS_THRESH_TEST; TEST.DETECTIONS_PER_IMAGE are kept.
     _C.MODEL.SSD.SCORE_THRESH_TEST = 0.01

@@ -2,7 +2,9 @@
 
 import math
 
+import pytest
 import torch
+import torchvision
 
 from detectron2.modeling import build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
@@ -129,6 +131,28 @@ def test_focal_loss_weighs_every_prior_by_its_error():
             loss = model.losses(anchors, [logits], [labels], [deltas], [boxes])["loss_cls"]
             expected = ((1 - torch.exp(-ce)) ** gamma * ce).sum() / 4
             torch.testing.assert_close(loss, expected)
+
+
+def test_giou_box_loss_on_decoded_boxes():
+    """MODEL.SSD.BBOX_REG_LOSS_TYPE "giou": sum over positives of 1 - GIoU(decoded box, ground
+    truth), divided by the positives (torchvision's GIoU as the reference); background priors
+    add nothing. An unknown type is refused by name."""
+    cfg = tiny_ssd300_cfg(num_classes=3)
+    cfg.MODEL.SSD.BBOX_REG_LOSS_TYPE = "giou"
+    model = build_model(cfg)
+    priors = torch.tensor([[10, 10, 40, 50], [100, 80, 130, 200], [0, 0, 5, 5.0]])
+    gt_boxes = torch.tensor([[12, 8, 45, 55], [90, 90, 140, 190], [50, 50, 60, 60.0]])
+    deltas = torch.tensor([[[1.0, -0.5, 0.3, 0.2], [0.0, 0.0, 0.0, 0.0], [5.0, 5.0, 1.0, 1.0]]])
+    labels = torch.tensor([0, 2, 3])  # the third prior is background
+    with EventStorage():
+        loss = model.losses([Boxes(priors)], [torch.zeros(1, 3, 4)], [labels], [deltas], [gt_boxes])
+    decoded = model.box2box_transform.apply_deltas(deltas[0, :2], priors[:2])
+    giou = torchvision.ops.generalized_box_iou(decoded, gt_boxes[:2]).diagonal()
+    torch.testing.assert_close(loss["loss_box_reg"], (1 - giou).sum() / 2)
+
+    cfg.MODEL.SSD.BBOX_REG_LOSS_TYPE = "iou"
+    with pytest.raises(ValueError, match="MODEL.SSD.BBOX_REG_LOSS_TYPE='iou'"):
+        build_model(cfg)
 
 
 def test_prior_prob_starts_every_predictor_at_background():

@@ -26,6 +26,9 @@ __all__ = ["SSD", "freeze_parameters"]
 
 logger = logging.getLogger(__name__)
 
+# Detectron2's dense-detector box losses (_dense_box_regression_loss).
+BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
+
 
 def freeze_parameters(model: nn.Module, prefixes: Sequence[str]):
     """Freeze every parameter whose name starts with one of ``prefixes``; BatchNorm layers under
@@ -104,7 +107,7 @@ class SSD(DenseDetector):
     Training matches priors to ground truth with an injected matcher (``anchor_matcher``, from
     MODEL.SSD.MATCHER: IoU >= threshold plus a prior for every ground truth), applies softmax
     cross-entropy with hard negatives mined at NEG:POS (or a softmax focal loss on every prior,
-    MODEL.SSD.CLS_LOSS) and smooth L1 on encoded offsets, both
+    MODEL.SSD.CLS_LOSS) and smooth L1 on encoded offsets (or an IoU loss, BBOX_REG_LOSS_TYPE), both
     divided by the number of positives. Inference takes softmax scores above a threshold, the
     top k per class, class-wise NMS and the best detections.
     """
@@ -124,6 +127,7 @@ class SSD(DenseDetector):
         cls_loss: str = "hard_negative_mining",
         focal_loss_gamma: float = 2.0,
         smooth_l1_beta: float = 1.0,
+        box_reg_loss_type: str = "smooth_l1",
         test_score_thresh: float = 0.01,
         test_topk_candidates: int = 400,
         test_nms_thresh: float = 0.45,
@@ -165,6 +169,12 @@ class SSD(DenseDetector):
         self.cls_loss = cls_loss
         self.focal_loss_gamma = focal_loss_gamma
         self.smooth_l1_beta = smooth_l1_beta
+        if box_reg_loss_type not in BOX_REG_LOSS_TYPES:
+            raise ValueError(
+                f"MODEL.SSD.BBOX_REG_LOSS_TYPE={box_reg_loss_type!r}: choose one of "
+                f"{BOX_REG_LOSS_TYPES}"
+            )
+        self.box_reg_loss_type = box_reg_loss_type
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
@@ -203,6 +213,7 @@ class SSD(DenseDetector):
             "cls_loss": cfg.MODEL.SSD.CLS_LOSS,
             "focal_loss_gamma": cfg.MODEL.SSD.FOCAL_LOSS_GAMMA,
             "smooth_l1_beta": cfg.MODEL.SSD.SMOOTH_L1_BETA,
+            "box_reg_loss_type": cfg.MODEL.SSD.BBOX_REG_LOSS_TYPE,
             "test_score_thresh": cfg.MODEL.SSD.SCORE_THRESH_TEST,
             "test_topk_candidates": cfg.MODEL.SSD.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.SSD.NMS_THRESH_TEST,
@@ -271,7 +282,7 @@ class SSD(DenseDetector):
                 pred_deltas,
                 gt_boxes,
                 pos_mask,
-                box_reg_loss_type="smooth_l1",
+                box_reg_loss_type=self.box_reg_loss_type,
                 smooth_l1_beta=self.smooth_l1_beta,
             )
             / normalizer
