@@ -1,4 +1,4 @@
-"""SSD matching, hard negative mining and box coding."""
+"""SSD matching, hard negative mining, box coding and the inference that decodes boxes."""
 
 import math
 
@@ -170,3 +170,31 @@ def test_prior_prob_starts_every_predictor_at_background():
             background = probs[:, :, -1]
             assert background.min() > 0.9 and background.max() < 1, predictor
             assert abs(background.mean().item() - 0.99) < 0.02, predictor
+
+
+def test_box_voting_averages_the_overlapping_candidates_of_the_class():
+    """MODEL.SSD.BOX_VOTING_IOU_TEST: after NMS the kept box becomes the score-weighted mean of
+    its class's candidates overlapping it by at least the threshold; a candidate of another
+    class or below the overlap is left out, and the scores and classes are NMS's. 0 is NMS."""
+    cfg = tiny_ssd300_cfg(num_classes=3)
+    cfg.MODEL.SSD.BOX_VOTING_IOU_TEST = 0.7
+    model = build_model(cfg)
+    priors = torch.tensor(
+        [[100, 100, 200, 200], [104, 100, 204, 200], [100, 100, 200, 260], [102, 100, 202, 200.0]]
+    )
+    # prior 0 (class 0, 0.9) is kept; prior 1 (class 0, 0.6, IoU 0.92) votes; prior 2 (class 0,
+    # IoU 0.63) does not; prior 3 (IoU 0.96) is class 1 (and its own detection).
+    scores = torch.tensor([[0.9, 0.0, 0.0], [0.6, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.8, 0.0]])
+    result = model.inference_single_image(priors, scores, torch.zeros(4, 4), (300, 300))
+    by_class = {int(c): b for c, b in zip(result.pred_classes, result.pred_boxes.tensor)}
+    torch.testing.assert_close(by_class[0], (0.9 * priors[0] + 0.6 * priors[1]) / 1.5)
+    torch.testing.assert_close(by_class[1], priors[3])
+    assert sorted(result.scores.tolist(), reverse=True) == pytest.approx([0.9, 0.8])
+
+    model.test_box_voting_iou = 0.0
+    result = model.inference_single_image(priors, scores, torch.zeros(4, 4), (300, 300))
+    torch.testing.assert_close(result.pred_boxes.tensor[0], priors[0])
+
+    cfg.MODEL.SSD.BOX_VOTING_IOU_TEST = 1.5
+    with pytest.raises(ValueError, match="MODEL.SSD.BOX_VOTING_IOU_TEST=1.5"):
+        build_model(cfg)

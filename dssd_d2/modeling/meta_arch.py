@@ -109,7 +109,7 @@ class SSD(DenseDetector):
     cross-entropy with hard negatives mined at NEG:POS (or a softmax focal loss on every prior,
     MODEL.SSD.CLS_LOSS) and smooth L1 on encoded offsets (or an IoU loss, BBOX_REG_LOSS_TYPE), both
     divided by the number of positives. Inference takes softmax scores above a threshold, the
-    top k per class, class-wise NMS and the best detections.
+    top k per class, class-wise NMS (optionally box voting) and the best detections.
     """
 
     @configurable
@@ -131,6 +131,7 @@ class SSD(DenseDetector):
         test_score_thresh: float = 0.01,
         test_topk_candidates: int = 400,
         test_nms_thresh: float = 0.45,
+        test_box_voting_iou: float = 0.0,
         max_detections_per_image: int = 200,
         freeze: Sequence[str] = (),
         freeze_all_bn: bool = False,
@@ -178,6 +179,11 @@ class SSD(DenseDetector):
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
+        if not 0.0 <= test_box_voting_iou <= 1.0:
+            raise ValueError(
+                f"MODEL.SSD.BOX_VOTING_IOU_TEST={test_box_voting_iou} must lie in [0, 1] (0: off)"
+            )
+        self.test_box_voting_iou = test_box_voting_iou
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
         freeze_parameters(self, freeze)
@@ -217,6 +223,7 @@ class SSD(DenseDetector):
             "test_score_thresh": cfg.MODEL.SSD.SCORE_THRESH_TEST,
             "test_topk_candidates": cfg.MODEL.SSD.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.SSD.NMS_THRESH_TEST,
+            "test_box_voting_iou": cfg.MODEL.SSD.BOX_VOTING_IOU_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "freeze": cfg.MODEL.SSD.FREEZE,
             "freeze_all_bn": cfg.MODEL.SSD.FREEZE_ALL_BN,
@@ -312,6 +319,13 @@ class SSD(DenseDetector):
             for i, image_size in enumerate(images.image_sizes)
         ]
 
+    def vote(self, boxes: Boxes, scores: Tensor, classes: Tensor, keep: Tensor) -> Boxes:
+        """Each kept box as the score-weighted mean of the candidates of its class that overlap
+        it by at least ``test_box_voting_iou`` (itself included)."""
+        overlaps = pairwise_iou(boxes[keep], boxes) >= self.test_box_voting_iou
+        weights = (overlaps & (classes[keep, None] == classes[None])) * scores[None]
+        return Boxes(weights @ boxes.tensor / weights.sum(dim=1, keepdim=True))
+
     def inference_single_image(
         self, anchors: Tensor, scores: Tensor, deltas: Tensor, image_size: Tuple[int, int]
     ) -> Instances:
@@ -329,6 +343,8 @@ class SSD(DenseDetector):
         keep = keep[: self.max_detections_per_image]
         result = Instances(image_size)
         result.pred_boxes = boxes[keep]
+        if self.test_box_voting_iou > 0:
+            result.pred_boxes = self.vote(boxes, class_scores, classes, keep)
         result.scores = class_scores[keep]
         result.pred_classes = classes[keep]
         return result
