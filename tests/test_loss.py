@@ -191,6 +191,11 @@ def test_box_voting_averages_the_overlapping_candidates_of_the_class():
     torch.testing.assert_close(by_class[1], priors[3])
     assert sorted(result.scores.tolist(), reverse=True) == pytest.approx([0.9, 0.8])
 
+    # A kept box clipped to zero area (here outside the image) keeps its own coordinates.
+    outside = torch.tensor([[310, 10, 330, 30.0]])
+    result = model.inference_single_image(outside, scores[:1], torch.zeros(1, 4), (300, 300))
+    torch.testing.assert_close(result.pred_boxes.tensor, torch.tensor([[300, 10, 300, 30.0]]))
+
     model.test_box_voting_iou = 0.0
     result = model.inference_single_image(priors, scores, torch.zeros(4, 4), (300, 300))
     torch.testing.assert_close(result.pred_boxes.tensor[0], priors[0])

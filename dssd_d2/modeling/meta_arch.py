@@ -321,8 +321,10 @@ class SSD(DenseDetector):
 
     def vote(self, boxes: Boxes, scores: Tensor, classes: Tensor, keep: Tensor) -> Boxes:
         """Each kept box as the score-weighted mean of the candidates of its class that overlap
-        it by at least ``test_box_voting_iou`` (itself included)."""
+        it by at least ``test_box_voting_iou``, itself always included (a box clipped to zero
+        area overlaps nothing, not even itself)."""
         overlaps = pairwise_iou(boxes[keep], boxes) >= self.test_box_voting_iou
+        overlaps[torch.arange(len(keep)), keep] = True
         weights = (overlaps & (classes[keep, None] == classes[None])) * scores[None]
         return Boxes(weights @ boxes.tensor / weights.sum(dim=1, keepdim=True))
 
