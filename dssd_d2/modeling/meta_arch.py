@@ -344,9 +344,11 @@ class SSD(DenseDetector):
         keep = batched_nms(boxes.tensor, class_scores, classes, self.test_nms_thresh)
         keep = keep[: self.max_detections_per_image]
         result = Instances(image_size)
-        result.pred_boxes = boxes[keep]
-        if self.test_box_voting_iou > 0:
-            result.pred_boxes = self.vote(boxes, class_scores, classes, keep)
+        result.pred_boxes = (
+            self.vote(boxes, class_scores, classes, keep)
+            if self.test_box_voting_iou > 0
+            else boxes[keep]
+        )
         result.scores = class_scores[keep]
         result.pred_classes = classes[keep]
         return result
