@@ -161,12 +161,19 @@ def add_ssd_config(cfg):
     # Micro-batches accumulated into one optimizer step (one iteration); the effective batch
     # is SOLVER.IMS_PER_BATCH * ACCUMULATION_STEPS.
     _C.SOLVER.ACCUMULATION_STEPS = 1
+    # A budget of training minutes (steps only: not evaluations or checkpoints); 0 = off. With
+    # one, training ends when either the minutes or MAX_ITER iterations are spent, and the LR
+    # schedule (warm-up included, as fractions of MAX_ITER) runs over whichever is spent faster,
+    # so a recipe keeps its shape on a slower CPU (engine/time_budget.py).
+    _C.SOLVER.MAX_TRAINING_MINUTES = 0.0
     # Detectron2's SOLVER.AMP.ENABLED also works on a CPU, as bfloat16 autocast (float16 with a
     # gradient scaler on CUDA, as in Detectron2). With MODEL.CHANNELS_LAST the model is kept in
     # channels-last memory layout. Both pay on CPUs with AVX512-BF16 or AMX (training steps
     # 2.5-3x faster together for the dense models, docs/speed.md, "Training in bfloat16");
-    # without them bfloat16 can be slower.
+    # Without them bfloat16 is emulated and several times slower, so AMP trains in float32 there
+    # (with a warning) unless SOLVER.AMP.EMULATED_BF16 forces bfloat16.
     _C.MODEL.CHANNELS_LAST = False
+    _C.SOLVER.AMP.EMULATED_BF16 = False
 
     # ---- DSOD
     # DenseNet backbone and prediction layers (build_dsod_backbone), named like the paper's

@@ -105,6 +105,7 @@ def test_amp_with_grad_scaler_matches_fp32_and_keeps_the_scaler_state():
 
 
 def test_cpu_amp_is_bfloat16_autocast_without_a_scaler(monkeypatch, caplog):
+    monkeypatch.setattr(accumulation, "cpu_has_bfloat16", lambda: True)
     data = _batches(8, 4)
     model, optimizer = _model_and_optimizer()
     step = build_step_trainer(model, data, optimizer, amp=True, accumulation_steps=2)
@@ -120,10 +121,16 @@ def test_cpu_amp_is_bfloat16_autocast_without_a_scaler(monkeypatch, caplog):
         torch.testing.assert_close(p, q, rtol=0.05, atol=0.02)  # bfloat16 forward
         assert p.dtype == torch.float32
 
+    # A CPU that only emulates bfloat16 trains in float32, or in bfloat16 when forced; both warn.
     monkeypatch.setattr(accumulation, "cpu_has_bfloat16", lambda: False)
     with caplog.at_level(logging.WARNING):
-        build_step_trainer(model, data, optimizer, amp=True)
-    assert "without AVX512-BF16 or AMX" in caplog.text
+        fallback = build_step_trainer(model, data, optimizer, amp=True, accumulation_steps=2)
+    assert fallback.precision is None and "training in float32" in caplog.text
+    assert type(build_step_trainer(model, data, optimizer, amp=True)) is SimpleTrainer
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        forced = build_step_trainer(model, data, optimizer, amp=True, emulated_bf16=True)
+    assert forced.precision == torch.bfloat16 and "emulated bfloat16" in caplog.text
 
     plain = build_step_trainer(model, data, optimizer, amp=False)
     assert type(plain) is SimpleTrainer

@@ -358,6 +358,7 @@ def test_trains_in_bfloat16_channels_last_like_float32(tmp_path):
         cfg.DATASETS.TRAIN = (register_random_dataset("cpu_models_random", tmp_path),)
         cfg.DATASETS.TEST = ()
         cfg.SOLVER.AMP.ENABLED = cfg.MODEL.CHANNELS_LAST = amp
+        cfg.SOLVER.AMP.EMULATED_BF16 = True  # bfloat16 also where the CPU only emulates it
         runs[amp] = train_and_track(cfg, tmp_path / f"amp_{amp}")
     (_, fp32_changed), (bf16, bf16_changed) = runs[False], runs[True]
     assert bf16._trainer.precision == torch.bfloat16

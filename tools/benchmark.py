@@ -268,7 +268,9 @@ def training_images_per_second(cfg, args):
             model.to(memory_format=torch.channels_last)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-        steps[mode] = build_step_trainer(model, itertools.repeat(inputs), optimizer, amp=amp)
+        steps[mode] = build_step_trainer(
+            model, itertools.repeat(inputs), optimizer, amp=amp, emulated_bf16=True
+        )
     times = {mode: [] for mode in steps}
     with EventStorage() as storage:
         for i in range(1 + args.train_iters):

@@ -56,6 +56,7 @@ def build_trainer(cfg, model):
         optimizer,
         amp=cfg.train.amp.enabled,
         accumulation_steps=cfg.train.get("accumulation_steps", 1),
+        emulated_bf16=cfg.train.amp.get("emulated_bf16", False),
     )
 
 

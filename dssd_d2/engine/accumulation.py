@@ -168,18 +168,39 @@ def cpu_has_bfloat16() -> bool:
     return flags is None or bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def build_step_trainer(model, data_loader, optimizer, *, amp: bool, accumulation_steps: int = 1):
+def build_step_trainer(
+    model,
+    data_loader,
+    optimizer,
+    *,
+    amp: bool,
+    accumulation_steps: int = 1,
+    emulated_bf16: bool = False,
+):
     """The step trainer for SOLVER.AMP.ENABLED and SOLVER.ACCUMULATION_STEPS: SimpleTrainer,
     Detectron2's AMPTrainer (float16 with a gradient scaler, CUDA), or
-    GradientAccumulationTrainer, which also runs AMP on a CPU, as bfloat16 autocast."""
+    GradientAccumulationTrainer, which also runs AMP on a CPU, as bfloat16 autocast.
+
+    A CPU without bfloat16 instructions trains in float32 unless ``emulated_bf16``
+    (SOLVER.AMP.EMULATED_BF16): emulated bfloat16 made Tiny-DSOD's steps several times slower
+    than float32 on an AVX2 CPU, so a config written for AMX machines keeps its speed elsewhere."""
+    precision = None
     if amp and next(model.parameters()).device.type == "cpu":
-        if not cpu_has_bfloat16():
+        amp, native = False, cpu_has_bfloat16()
+        if native or emulated_bf16:
+            precision = torch.bfloat16
+        if not native:
             logging.getLogger(__name__).warning(
-                "SOLVER.AMP.ENABLED on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated "
-                "and may train slower than float32 (compare with tools/benchmark.py)"
+                "SOLVER.AMP.ENABLED on a CPU without AVX512-BF16 or AMX: training in %s",
+                (
+                    "emulated bfloat16 (SOLVER.AMP.EMULATED_BF16), slower than float32"
+                    if emulated_bf16
+                    else "float32, faster there (SOLVER.AMP.EMULATED_BF16 True forces bfloat16)"
+                ),
             )
+    if precision is not None:
         return GradientAccumulationTrainer(
-            model, data_loader, optimizer, accumulation_steps, precision=torch.bfloat16
+            model, data_loader, optimizer, accumulation_steps, precision=precision
         )
     step = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
     if accumulation_steps != 1:  # < 1 is rejected with a message

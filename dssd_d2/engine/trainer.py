@@ -17,8 +17,10 @@ from detectron2.data import (
 from detectron2.data import transforms as T
 from detectron2.data.samplers import InferenceSampler
 from detectron2.engine import DefaultPredictor, DefaultTrainer, TrainerBase
+from detectron2.evaluation import verify_results
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
 from ..data import SSDDatasetMapper
@@ -27,6 +29,7 @@ from ..evaluation import PascalVOCDetectionEvaluatorWithClassAP
 from .accumulation import build_step_trainer
 from .checkpoint import AtomicCheckpointer
 from .distributed import check_batch_norm_batches, create_ddp_model
+from .time_budget import TrainingClock, budget_lr_scheduler
 
 __all__ = ["SSDPredictor", "SSDTrainer", "build_evaluator"]
 
@@ -57,7 +60,8 @@ class SSDTrainer(DefaultTrainer):
         for BatchNorms that would crash at this per-process batch before anything else is
         built; DDP gets device ids only on a GPU, so that multi-process training also runs on
         CPU-only machines (gloo); SOLVER.ACCUMULATION_STEPS > 1 accumulates micro-batches;
-        SOLVER.AMP.ENABLED on a CPU trains in bfloat16 autocast; the checkpointer is the atomic
+        SOLVER.AMP.ENABLED on a CPU trains in bfloat16 autocast (float32 where the CPU
+        only emulates bfloat16); the checkpointer is the atomic
         one."""
         TrainerBase.__init__(self)
         logger = logging.getLogger("detectron2")
@@ -77,9 +81,14 @@ class SSDTrainer(DefaultTrainer):
             optimizer,
             amp=cfg.SOLVER.AMP.ENABLED,
             accumulation_steps=cfg.SOLVER.ACCUMULATION_STEPS,
+            emulated_bf16=cfg.SOLVER.AMP.EMULATED_BF16,
         )
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.clock = None
+        if cfg.SOLVER.MAX_TRAINING_MINUTES:
+            self.clock = TrainingClock(cfg.SOLVER.MAX_TRAINING_MINUTES)
+            self.scheduler = budget_lr_scheduler(self.scheduler, cfg.SOLVER.MAX_ITER, self.clock)
         # Written by the main process only (Detectron2's save_to_disk), atomically.
         self.checkpointer = AtomicCheckpointer(
             model,
@@ -91,6 +100,38 @@ class SSDTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        """DefaultTrainer's, after the training clock (SOLVER.MAX_TRAINING_MINUTES) if any."""
+        return ([self.clock] if self.clock else []) + super().build_hooks()
+
+    def train(self):
+        """DefaultTrainer.train, whose loop also ends when a hook lowers ``max_iter`` (the
+        training clock, once its budget is spent); Detectron2's ``for`` loop fixes its range."""
+        if self.clock is None:
+            return super().train()
+        logger = logging.getLogger("detectron2.engine.train_loop")
+        logger.info(
+            f"Starting training from iteration {self.start_iter}, for at most "
+            f"{self.cfg.SOLVER.MAX_TRAINING_MINUTES:g} training minutes or {self.max_iter} iterations"
+        )
+        with EventStorage(self.start_iter) as self.storage:
+            try:
+                self.before_train()
+                self.iter = self.start_iter
+                while self.iter < self.max_iter:
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    self.iter += 1
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            verify_results(self.cfg, self._last_eval_results)
+            return self._last_eval_results
 
     def resume_or_load(self, resume=True):
         """DefaultTrainer's, after checking that every process would resume from the same
