@@ -19,6 +19,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from dssd_d2.analysis import calibrate_batch_norms  # noqa: E402
 from dssd_d2.deploy.quantize import (  # noqa: E402
+    cpu_has_int8_dot_product,
     compare_detections,
     load_int8_model,
     quantize_network,
@@ -85,6 +86,11 @@ TOLERANCES = {
     "dsod300": (0.9, 9, 0.7, 0.1, 30),
     "dssd321": (0.7, 5, 0.5, 1.0, 200),
 }
+# On a CPU without VNNI or AMX int8 the weights are quantized to half the 8-bit range (NNCF's
+# overflow fix, quantize_network): the shrunk DSSD's outputs then measured cosine 0.65 on an AVX2
+# EPYC, where SSD and DSOD keep their tolerances (they lost a tenth detection without the fix).
+if not cpu_has_int8_dot_product():
+    TOLERANCES["dssd321"] = (0.6, 5, 0.5, 1.0, 200)
 
 
 @pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
