@@ -184,11 +184,8 @@ def build_step_trainer(
     A CPU without bfloat16 instructions trains in float32 unless ``emulated_bf16``
     (SOLVER.AMP.EMULATED_BF16): emulated bfloat16 made Tiny-DSOD's steps several times slower
     than float32 on an AVX2 CPU, so a config written for AMX machines keeps its speed elsewhere."""
-    precision = None
     if amp and next(model.parameters()).device.type == "cpu":
-        amp, native = False, cpu_has_bfloat16()
-        if native or emulated_bf16:
-            precision = torch.bfloat16
+        native = cpu_has_bfloat16()
         if not native:
             logging.getLogger(__name__).warning(
                 "SOLVER.AMP.ENABLED on a CPU without AVX512-BF16 or AMX: training in %s",
@@ -198,10 +195,11 @@ def build_step_trainer(
                     else "float32, faster there (SOLVER.AMP.EMULATED_BF16 True forces bfloat16)"
                 ),
             )
-    if precision is not None:
-        return GradientAccumulationTrainer(
-            model, data_loader, optimizer, accumulation_steps, precision=precision
-        )
+        if native or emulated_bf16:
+            return GradientAccumulationTrainer(
+                model, data_loader, optimizer, accumulation_steps, precision=torch.bfloat16
+            )
+        amp = False  # Detectron2's AMPTrainer is for CUDA
     step = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
     if accumulation_steps != 1:  # < 1 is rejected with a message
         step = GradientAccumulationTrainer.from_trainer(step, accumulation_steps)

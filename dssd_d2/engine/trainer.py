@@ -17,8 +17,7 @@ from detectron2.data import (
 from detectron2.data import transforms as T
 from detectron2.data.samplers import InferenceSampler
 from detectron2.engine import DefaultPredictor, DefaultTrainer, TrainerBase
-from detectron2.evaluation import verify_results
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
@@ -60,9 +59,8 @@ class SSDTrainer(DefaultTrainer):
         for BatchNorms that would crash at this per-process batch before anything else is
         built; DDP gets device ids only on a GPU, so that multi-process training also runs on
         CPU-only machines (gloo); SOLVER.ACCUMULATION_STEPS > 1 accumulates micro-batches;
-        SOLVER.AMP.ENABLED on a CPU trains in bfloat16 autocast (float32 where the CPU
-        only emulates bfloat16); the checkpointer is the atomic
-        one."""
+        SOLVER.AMP.ENABLED on a CPU trains in bfloat16 autocast (float32 where the CPU only
+        emulates bfloat16); the checkpointer is the atomic one."""
         TrainerBase.__init__(self)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):  # setup_logger is not called for d2
