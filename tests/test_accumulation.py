@@ -13,7 +13,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils.events import EventStorage
 
 from dssd_d2.engine import SSDTrainer
-from dssd_d2.engine import accumulation
+from dssd_d2 import cpu
 from dssd_d2.engine.accumulation import GradientAccumulationTrainer, build_step_trainer
 
 from helpers import register_cells_dataset, tiny_dsod_cfg
@@ -105,7 +105,7 @@ def test_amp_with_grad_scaler_matches_fp32_and_keeps_the_scaler_state():
 
 
 def test_cpu_amp_is_bfloat16_autocast_without_a_scaler(monkeypatch, caplog):
-    monkeypatch.setattr(accumulation, "cpu_has_bfloat16", lambda: True)
+    monkeypatch.setattr(cpu, "has_bfloat16", lambda: True)
     data = _batches(8, 4)
     model, optimizer = _model_and_optimizer()
     step = build_step_trainer(model, data, optimizer, amp=True, accumulation_steps=2)
@@ -122,7 +122,7 @@ def test_cpu_amp_is_bfloat16_autocast_without_a_scaler(monkeypatch, caplog):
         assert p.dtype == torch.float32
 
     # A CPU that only emulates bfloat16 trains in float32, or in bfloat16 when forced; both warn.
-    monkeypatch.setattr(accumulation, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr(cpu, "has_bfloat16", lambda: False)
     with caplog.at_level(logging.WARNING):
         fallback = build_step_trainer(model, data, optimizer, amp=True, accumulation_steps=2)
     assert fallback.precision is None and "training in float32" in caplog.text

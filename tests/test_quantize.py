@@ -17,9 +17,9 @@ pytest.importorskip("nncf")
 
 from detectron2.modeling import build_model  # noqa: E402
 
+from dssd_d2 import cpu  # noqa: E402
 from dssd_d2.analysis import calibrate_batch_norms  # noqa: E402
 from dssd_d2.deploy.quantize import (  # noqa: E402
-    cpu_has_int8_dot_product,
     compare_detections,
     load_int8_model,
     quantize_network,
@@ -89,7 +89,7 @@ TOLERANCES = {
 # On a CPU without VNNI or AMX int8 the weights are quantized to half the 8-bit range (NNCF's
 # overflow fix, quantize_network): the shrunk DSSD's outputs then measured cosine 0.65 on an AVX2
 # EPYC, where SSD and DSOD keep their tolerances (they lost a tenth detection without the fix).
-if not cpu_has_int8_dot_product():
+if not cpu.has_int8_dot_product():
     TOLERANCES["dssd321"] = (0.6, 5, 0.5, 1.0, 200)
 
 

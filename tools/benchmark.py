@@ -49,7 +49,8 @@ from detectron2.utils.events import EventStorage
 import dssd_d2
 from dssd_d2.analysis import calibrate_batch_norms, count_gflops, model_stats
 from dssd_d2.deploy import bf16_autocast, count_batch_norms, fold_batch_norm, optimize_for_inference
-from dssd_d2.engine.accumulation import build_step_trainer, cpu_flags
+from dssd_d2 import cpu
+from dssd_d2.engine.accumulation import build_step_trainer
 
 MODES = ("eager", "folded", "fast", "fast-bf16", "int8", "torchvision")
 # /proc/cpuinfo flags that int8 and bf16 inference use, in the names printed.
@@ -204,7 +205,7 @@ def int8_runner(cfg, model, args):
 
 def cpu_features():
     """The CPU's int8/bf16-relevant instruction sets, from /proc/cpuinfo (Linux)."""
-    flags = cpu_flags() or set()
+    flags = cpu.flags() or set()
     return [name for flag, name in CPU_FEATURES.items() if flag in flags]
 
 

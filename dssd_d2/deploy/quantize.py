@@ -32,7 +32,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.structures import pairwise_iou
 
-from ..engine.accumulation import cpu_flags
+from .. import cpu
 from .fold import fold_batch_norm
 from .optimize import GraphBackbone
 
@@ -104,13 +104,6 @@ def convert_network(model: nn.Module, image_size: int):
     return ov_model
 
 
-def cpu_has_int8_dot_product() -> bool:
-    """Whether the CPU has VNNI or AMX int8 instructions (True when unknown); without them,
-    8-bit multiply-adds go through 16-bit sums that saturate."""
-    flags = cpu_flags()
-    return flags is None or bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
 def quantize_network(
     model: nn.Module,
     calibration_images: Sequence[torch.Tensor],
@@ -143,7 +136,7 @@ def quantize_network(
     start = time.perf_counter()
     float_model = convert_network(model, image_size)
     normalised = [_normalise(model, image) for image in calibration_images]
-    if overflow_fix is None and not cpu_has_int8_dot_product():
+    if overflow_fix is None and not cpu.has_int8_dot_product():
         overflow_fix = "enable"
     advanced = nncf.AdvancedQuantizationParameters(
         overflow_fix=nncf.OverflowFix(overflow_fix) if overflow_fix else None

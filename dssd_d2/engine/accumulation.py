@@ -22,12 +22,14 @@ AMX its convolutions are several times faster (docs/speed.md, "Training in bfloa
 import contextlib
 import logging
 import time
-from typing import Dict, Optional, Set
+from typing import Dict, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.engine import AMPTrainer, SimpleTrainer
+
+from .. import cpu
 
 __all__ = ["GradientAccumulationTrainer", "build_step_trainer"]
 
@@ -151,23 +153,6 @@ class GradientAccumulationTrainer(SimpleTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
-def cpu_flags() -> Optional[Set[str]]:
-    """The CPU's instruction-set flags from /proc/cpuinfo (Linux); None when unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(
-                (set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), None
-            )
-    except OSError:
-        return None
-
-
-def cpu_has_bfloat16() -> bool:
-    """Whether the CPU has bfloat16 instructions (AVX512-BF16 or AMX; True when unknown)."""
-    flags = cpu_flags()
-    return flags is None or bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def build_step_trainer(
     model,
     data_loader,
@@ -185,7 +170,7 @@ def build_step_trainer(
     (SOLVER.AMP.EMULATED_BF16): emulated bfloat16 made Tiny-DSOD's steps several times slower
     than float32 on an AVX2 CPU, so a config written for AMX machines keeps its speed elsewhere."""
     if amp and next(model.parameters()).device.type == "cpu":
-        native = cpu_has_bfloat16()
+        native = cpu.has_bfloat16()
         if not native:
             logging.getLogger(__name__).warning(
                 "SOLVER.AMP.ENABLED on a CPU without AVX512-BF16 or AMX: training in %s",
