@@ -1,12 +1,14 @@
 """Fixtures only; shared helpers are in helpers.py."""
 
 import dataclasses
+import itertools
 import os
 
 import pytest
 import torch
 
 from dssd_d2.data.digits import DIGITS_SPLITS
+from dssd_d2.engine import time_budget
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +46,17 @@ def small_digits(monkeypatch):
     datasets the test registers with ``register_digits``."""
     for name, split in DIGITS_SPLITS.items():
         monkeypatch.setitem(DIGITS_SPLITS, name, dataclasses.replace(split, num_images=24))
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Training steps of 30 seconds each for the time budget (SOLVER.MAX_TRAINING_MINUTES): the
+    clock reads perf_counter before and after each step, and each read advances 30 s."""
+    ticks = itertools.count()
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return next(ticks) * 30.0
+
+    monkeypatch.setattr(time_budget, "time", FakeTime)

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from fvcore.common.param_scheduler import CosineParamScheduler
 
 from detectron2.config import LazyConfig, LazyCall as L, instantiate
 from detectron2.evaluation import COCOEvaluator
@@ -59,10 +60,10 @@ def load_tool():
     return module
 
 
-def test_tiny_ssd300_trains_and_evaluates_through_the_lazy_flow(tmp_path):
+def tiny_lazy_cfg(tmp_path, overrides=()):
+    """The tiny SSD300 of the YAML tests (same keys), 3 classes, on a random dataset."""
     name = register_random_dataset("dssd_d2_test_lazy", tmp_path, num_images=4)
     cfg = load_lazy("PascalVOC-Detection/ssd300_vgg16.py")
-    # The tiny SSD300 of the YAML tests (same keys), 3 classes, on a random dataset.
     tiny = dict(zip(TINY_SSD300_OPTS[::2], TINY_SSD300_OPTS[1::2]))
     cfg = LazyConfig.apply_overrides(
         cfg,
@@ -76,17 +77,21 @@ def test_tiny_ssd300_trains_and_evaluates_through_the_lazy_flow(tmp_path):
             "dataloader.train.total_batch_size=2",
             "dataloader.train.num_workers=0",
             "dataloader.test.num_workers=0",
-            "train.max_iter=2",
-            "train.accumulation_steps=2",
             "train.init_checkpoint=''",
             "train.device=cpu",
             f"train.output_dir={tmp_path / 'out'}",
+            *overrides,
         ],
     )
     cfg.model.head.input_shape = [ShapeSpec(channels=16)] * 6
     cfg.dataloader.evaluator = L(COCOEvaluator)(
         dataset_name=name, tasks=("bbox",), output_dir=str(tmp_path / "eval")
     )
+    return cfg
+
+
+def test_tiny_ssd300_trains_and_evaluates_through_the_lazy_flow(tmp_path):
+    cfg = tiny_lazy_cfg(tmp_path, ["train.max_iter=2", "train.accumulation_steps=2"])
     tool = load_tool()
     trainer = tool.do_train(cfg)
     assert type(trainer).__name__ == "GradientAccumulationTrainer" and trainer.iter == 2
@@ -98,3 +103,17 @@ def test_tiny_ssd300_trains_and_evaluates_through_the_lazy_flow(tmp_path):
     assert os.path.isfile(tmp_path / "out" / "metrics.json")
     results = tool.do_test(cfg, trainer.model)
     assert {"AP", "AP50", "AP75"} <= set(results["bbox"])
+
+
+def test_lazy_flow_trains_for_its_minutes(tmp_path, fake_clock):
+    cfg = tiny_lazy_cfg(tmp_path, ["train.max_iter=100", "train.max_training_minutes=2.0"])
+    cfg.lr_multiplier = L(CosineParamScheduler)(start_value=1.0, end_value=0.0)
+    cfg.dataloader.pop("evaluator")
+    trainer = load_tool().do_train(cfg)
+    assert trainer.iter == 4  # four 30-second steps of the 100, then the final checkpoint
+    # The cosine ran over the two minutes, not over train.max_iter, and reached its end.
+    lrs = [lr for lr, _ in trainer.storage.history("lr").values()]
+    assert lrs == pytest.approx([cfg.optimizer.lr * f for f in (1, 0.8536, 0.5, 0.1464)], rel=1e-3)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    final = torch.load(tmp_path / "out" / "model_final.pth", weights_only=False)
+    assert final["iteration"] == 3 and final["trainer"]["hooks"]["TrainingClock"] == {"elapsed": 120.0}

@@ -1,8 +1,8 @@
 """SOLVER.MAX_TRAINING_MINUTES: training ends when its minutes are spent, like a run that reached
 MAX_ITER there (final checkpoint), its LR schedule runs over the time, and a resumed run goes on
-with what is left of the budget. A fake clock makes every training step last 30 seconds."""
+with what is left of the budget. The fake clock (conftest.py) makes every training step last 30
+seconds."""
 
-import itertools
 import json
 import os
 
@@ -12,21 +12,6 @@ import torch
 from dssd_d2.engine import SSDTrainer, time_budget
 
 from helpers import register_cells_dataset, tiny_dsod_cfg
-
-STEP_SECONDS = 30.0
-
-
-@pytest.fixture
-def fake_clock(monkeypatch):
-    """perf_counter advancing 30 s per call: the clock reads it before and after each step."""
-    ticks = itertools.count()
-
-    class FakeTime:
-        @staticmethod
-        def perf_counter():
-            return next(ticks) * STEP_SECONDS
-
-    monkeypatch.setattr(time_budget, "time", FakeTime)
 
 
 def _budget_cfg(tmp_path, output, minutes, max_iter=100):

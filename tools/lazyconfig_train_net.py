@@ -8,7 +8,7 @@ Detectron2's recipe (its tools/lazyconfig_train_net.py): the config's ``model``,
 ``dataloader``, ``lr_multiplier`` and ``train`` are instantiated, a SimpleTrainer (AMPTrainer with
 ``train.amp.enabled``; bfloat16 autocast on a CPU) runs Detectron2's hooks, overrides are ``key=value``. What the YAML flow
 (train_net.py, SSDTrainer) adds is kept: ``train.accumulation_steps`` micro-batches per optimizer
-step, crash-safe checkpoints, the count of images the mapper skipped (``data/skipped_images``),
+step, ``train.max_training_minutes`` (SOLVER.MAX_TRAINING_MINUTES), crash-safe checkpoints, the count of images the mapper skipped (``data/skipped_images``),
 and the CPU when CUDA is absent. ``--eval-only`` evaluates ``train.init_checkpoint``.
 """
 
@@ -30,6 +30,7 @@ import dssd_d2  # noqa: F401  (registers our parts and datasets)
 from dssd_d2.data.validation import SkipCountingLoader
 from dssd_d2.engine.accumulation import build_step_trainer
 from dssd_d2.engine.checkpoint import AtomicCheckpointer
+from dssd_d2.engine.time_budget import BudgetLRMultiplier, TrainingClock, train_within_budget
 
 
 def do_test(cfg, model):
@@ -61,16 +62,22 @@ def build_trainer(cfg, model):
 
 
 def do_train(cfg, resume: bool = False):
-    """Train ``cfg`` to ``train.max_iter``, resuming from ``train.output_dir`` if asked;
-    returns the step trainer."""
+    """Train ``cfg`` to ``train.max_iter`` or for ``train.max_training_minutes`` (0: no limit),
+    whichever ends first, resuming from ``train.output_dir`` if asked; returns the step trainer."""
     model = instantiate(cfg.model).to(cfg.train.device)
     trainer = build_trainer(cfg, model)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main_process = comm.is_main_process()
+    minutes = cfg.train.get("max_training_minutes", 0)
+    clock = TrainingClock(minutes, key="train.max_training_minutes") if minutes else None
+    scheduler = instantiate(cfg.lr_multiplier)
+    if clock:  # the schedule runs over whichever budget is spent first
+        scheduler = BudgetLRMultiplier(trainer.optimizer, scheduler, cfg.train.max_iter, clock)
     trainer.register_hooks(
         [
+            clock,  # first, so that it counts the steps and not the other hooks' work
             hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.LRScheduler(scheduler=scheduler),
             hooks.CallbackHook(
                 after_step=lambda t: t.storage.put_scalar(
                     "data/skipped_images", t.data_loader.skipped, smoothing_hint=False
@@ -94,7 +101,10 @@ def do_train(cfg, resume: bool = False):
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
-    trainer.train(start_iter, cfg.train.max_iter)
+    if clock:
+        train_within_budget(trainer, start_iter, cfg.train.max_iter)
+    else:
+        trainer.train(start_iter, cfg.train.max_iter)
     return trainer
 
 

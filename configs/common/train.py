@@ -2,8 +2,10 @@
 
 Detectron2's own ``common/train.py`` and ``common/optim.py`` (SGD, no weight decay on norms),
 with SSD's momentum and weight decay, evaluation at the end only (TEST.EVAL_PERIOD 0, as the
-YAML configs), and one dssd_d2 key: ``train.accumulation_steps`` (SOLVER.ACCUMULATION_STEPS,
-default 1), micro-batches per optimizer step.
+YAML configs), and two dssd_d2 keys: ``train.accumulation_steps`` (SOLVER.ACCUMULATION_STEPS,
+default 1), micro-batches per optimizer step, and ``train.max_training_minutes``
+(SOLVER.MAX_TRAINING_MINUTES, default 0: off), a budget of training time that ends the run
+before ``train.max_iter`` when spent first, with the LR schedule run over it.
 """
 
 from detectron2.model_zoo import get_config
@@ -16,3 +18,4 @@ optimizer.weight_decay = 0.0005
 train = get_config("common/train.py").train
 train.eval_period = 0
 train.accumulation_steps = 1
+train.max_training_minutes = 0.0

@@ -8,24 +8,28 @@ spends the budget, as if SOLVER.MAX_ITER had been reached there: the final check
 evaluation and the metrics are written as for any run. :class:`BudgetLRMultiplier` runs the LR
 schedule (warm-up included) over whichever budget is spent faster, time or MAX_ITER iterations,
 so the learning rate anneals to its end exactly when training stops. The time spent is saved in
-checkpoints: a resumed run goes on with what is left of its budget.
+checkpoints: a resumed run goes on with what is left of its budget. Detectron2's training loop
+fixes its range of iterations at the start; :func:`train_within_budget` is the same loop, which
+also ends when the clock ends the run (SSDTrainer and tools/lazyconfig_train_net.py use it).
 """
 
+import logging
 import time
 
-from detectron2.engine import HookBase, hooks
+from detectron2.engine import HookBase, TrainerBase, hooks
 from detectron2.solver import LRMultiplier
+from detectron2.utils.events import EventStorage
 
-__all__ = ["BudgetLRMultiplier", "TrainingClock", "budget_lr_scheduler"]
+__all__ = ["BudgetLRMultiplier", "TrainingClock", "budget_lr_scheduler", "train_within_budget"]
 
 
 class TrainingClock(HookBase):
     """Counts training time and ends the run once ``minutes`` are spent. Register it first, so
     that the time it counts leaves out the other hooks' work after each step."""
 
-    def __init__(self, minutes: float):
+    def __init__(self, minutes: float, key: str = "SOLVER.MAX_TRAINING_MINUTES"):
         if not minutes > 0:
-            raise ValueError(f"SOLVER.MAX_TRAINING_MINUTES must be > 0 (0 turns it off): {minutes}")
+            raise ValueError(f"{key} must be > 0 (0 turns it off): {minutes}")
         self.budget = minutes * 60.0
         self.elapsed = 0.0
         self._step_start = None
@@ -80,3 +84,30 @@ def budget_lr_scheduler(scheduler, max_iter: int, clock: TrainingClock) -> Budge
             f"got {type(scheduler).__name__}"
         )
     return BudgetLRMultiplier(scheduler.optimizer, scheduler._multiplier, max_iter, clock)
+
+
+def train_within_budget(trainer: TrainerBase, start_iter: int, max_iter: int):
+    """``trainer.train(start_iter, max_iter)`` (Detectron2's TrainerBase), whose loop also ends
+    when a hook lowers ``trainer.max_iter``: the :class:`TrainingClock`, once its budget is spent.
+    """
+    logger = logging.getLogger("detectron2.engine.train_loop")
+    clock = next(h for h in trainer._hooks if isinstance(h, TrainingClock))
+    logger.info(
+        f"Starting training from iteration {start_iter}, for at most "
+        f"{clock.budget / 60.0:g} training minutes or {max_iter} iterations"
+    )
+    trainer.iter = trainer.start_iter = start_iter
+    trainer.max_iter = max_iter
+    with EventStorage(start_iter) as trainer.storage:
+        try:
+            trainer.before_train()
+            while trainer.iter < trainer.max_iter:
+                trainer.before_step()
+                trainer.run_step()
+                trainer.after_step()
+                trainer.iter += 1
+        except Exception:
+            logger.exception("Exception during training:")
+            raise
+        finally:
+            trainer.after_train()

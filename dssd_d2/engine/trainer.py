@@ -19,7 +19,6 @@ from detectron2.data.samplers import InferenceSampler
 from detectron2.engine import DefaultPredictor, DefaultTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
-from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
 from ..data import SSDDatasetMapper
@@ -28,7 +27,7 @@ from ..evaluation import PascalVOCDetectionEvaluatorWithClassAP
 from .accumulation import build_step_trainer
 from .checkpoint import AtomicCheckpointer
 from .distributed import check_batch_norm_batches, create_ddp_model
-from .time_budget import TrainingClock, budget_lr_scheduler
+from .time_budget import TrainingClock, budget_lr_scheduler, train_within_budget
 
 __all__ = ["SSDPredictor", "SSDTrainer", "build_evaluator"]
 
@@ -104,29 +103,11 @@ class SSDTrainer(DefaultTrainer):
         return ([self.clock] if self.clock else []) + super().build_hooks()
 
     def train(self):
-        """DefaultTrainer.train, whose loop also ends when a hook lowers ``max_iter`` (the
-        training clock, once its budget is spent); Detectron2's ``for`` loop fixes its range."""
+        """DefaultTrainer.train, whose loop also ends when the training clock has spent its
+        budget (SOLVER.MAX_TRAINING_MINUTES)."""
         if self.clock is None:
             return super().train()
-        logger = logging.getLogger("detectron2.engine.train_loop")
-        logger.info(
-            f"Starting training from iteration {self.start_iter}, for at most "
-            f"{self.cfg.SOLVER.MAX_TRAINING_MINUTES:g} training minutes or {self.max_iter} iterations"
-        )
-        with EventStorage(self.start_iter) as self.storage:
-            try:
-                self.before_train()
-                self.iter = self.start_iter
-                while self.iter < self.max_iter:
-                    self.before_step()
-                    self.run_step()
-                    self.after_step()
-                    self.iter += 1
-            except Exception:
-                logger.exception("Exception during training:")
-                raise
-            finally:
-                self.after_train()
+        train_within_budget(self, self.start_iter, self.max_iter)
         if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
             verify_results(self.cfg, self._last_eval_results)
             return self._last_eval_results
