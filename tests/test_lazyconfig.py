@@ -115,5 +115,8 @@ def test_lazy_flow_trains_for_its_minutes(tmp_path, fake_clock):
     lrs = [lr for lr, _ in trainer.storage.history("lr").values()]
     assert lrs == pytest.approx([cfg.optimizer.lr * f for f in (1, 0.8536, 0.5, 0.1464)], rel=1e-3)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert trainer.storage.history("eta_seconds").latest() == 0.0  # the budget's eta
     final = torch.load(tmp_path / "out" / "model_final.pth", weights_only=False)
-    assert final["iteration"] == 3 and final["trainer"]["hooks"]["TrainingClock"] == {"elapsed": 120.0}
+    assert final["iteration"] == 3 and final["trainer"]["hooks"]["TrainingClock"] == {
+        "elapsed": 120.0
+    }

@@ -45,6 +45,8 @@ def test_training_stops_when_its_minutes_are_spent(tmp_path, fake_clock):
     rows = [row for row in _metrics(cfg.OUTPUT_DIR) if "lr" in row]
     assert [row["iteration"] for row in rows][-1] == 3
     assert rows[-1]["training_minutes"] == pytest.approx(2.0)
+    # The console's eta counted down the budget (by the 96 iterations left it would be above 0).
+    assert rows[-1]["eta_seconds"] == 0.0
     # The cosine schedule ran over the two minutes, not over MAX_ITER: the step after 1 minute
     # trained at half the rate, and the rate has reached its end.
     lrs = [lr for lr, _ in trainer.storage.history("lr").values()]

@@ -30,7 +30,12 @@ import dssd_d2  # noqa: F401  (registers our parts and datasets)
 from dssd_d2.data.validation import SkipCountingLoader
 from dssd_d2.engine.accumulation import build_step_trainer
 from dssd_d2.engine.checkpoint import AtomicCheckpointer
-from dssd_d2.engine.time_budget import BudgetLRMultiplier, TrainingClock, train_within_budget
+from dssd_d2.engine.time_budget import (
+    BudgetLRMultiplier,
+    TrainingClock,
+    budget_writers,
+    train_within_budget,
+)
 
 
 def do_test(cfg, model):
@@ -73,6 +78,9 @@ def do_train(cfg, resume: bool = False):
     scheduler = instantiate(cfg.lr_multiplier)
     if clock:  # the schedule runs over whichever budget is spent first
         scheduler = BudgetLRMultiplier(trainer.optimizer, scheduler, cfg.train.max_iter, clock)
+    writers = default_writers(cfg.train.output_dir, cfg.train.max_iter)
+    if clock:
+        writers = budget_writers(writers, clock)
     trainer.register_hooks(
         [
             clock,  # first, so that it counts the steps and not the other hooks' work
@@ -89,14 +97,7 @@ def do_train(cfg, resume: bool = False):
                 else None
             ),
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-            (
-                hooks.PeriodicWriter(
-                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                    period=cfg.train.log_period,
-                )
-                if main_process
-                else None
-            ),
+            (hooks.PeriodicWriter(writers, period=cfg.train.log_period) if main_process else None),
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)

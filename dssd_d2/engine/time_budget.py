@@ -10,17 +10,25 @@ schedule (warm-up included) over whichever budget is spent faster, time or MAX_I
 so the learning rate anneals to its end exactly when training stops. The time spent is saved in
 checkpoints: a resumed run goes on with what is left of its budget. Detectron2's training loop
 fixes its range of iterations at the start; :func:`train_within_budget` is the same loop, which
-also ends when the clock ends the run (SSDTrainer and tools/lazyconfig_train_net.py use it).
+also ends when the clock ends the run (SSDTrainer and tools/lazyconfig_train_net.py use it),
+and :func:`budget_writers` makes the console's ``eta`` count down to the sooner end.
 """
 
+import datetime
 import logging
 import time
 
 from detectron2.engine import HookBase, TrainerBase, hooks
 from detectron2.solver import LRMultiplier
-from detectron2.utils.events import EventStorage
+from detectron2.utils.events import CommonMetricPrinter, EventStorage
 
-__all__ = ["BudgetLRMultiplier", "TrainingClock", "budget_lr_scheduler", "train_within_budget"]
+__all__ = [
+    "BudgetLRMultiplier",
+    "TrainingClock",
+    "budget_lr_scheduler",
+    "budget_writers",
+    "train_within_budget",
+]
 
 
 class TrainingClock(HookBase):
@@ -84,6 +92,34 @@ def budget_lr_scheduler(scheduler, max_iter: int, clock: TrainingClock) -> Budge
             f"got {type(scheduler).__name__}"
         )
     return BudgetLRMultiplier(scheduler.optimizer, scheduler._multiplier, max_iter, clock)
+
+
+class BudgetMetricPrinter(CommonMetricPrinter):
+    """Detectron2's console printer with the ``eta`` (and ``eta_seconds``) of whichever end
+    comes first: the iterations left at the median iteration time, or the clock's minutes left."""
+
+    def __init__(self, max_iter: int, clock: TrainingClock, window_size: int = 20):
+        super().__init__(max_iter, window_size)
+        self._clock = clock
+
+    def _get_eta(self, storage) -> str:
+        try:
+            by_iterations = storage.history("time").median(1000) * (
+                self._max_iter - storage.iter - 1
+            )
+        except KeyError:  # no iteration timed yet
+            by_iterations = float("inf")
+        seconds = min(by_iterations, max(self._clock.budget - self._clock.elapsed, 0.0))
+        storage.put_scalar("eta_seconds", seconds, smoothing_hint=False)
+        return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def budget_writers(writers, clock: TrainingClock):
+    """Detectron2's ``default_writers`` with its CommonMetricPrinter counting down the budget."""
+    return [
+        BudgetMetricPrinter(w._max_iter, clock) if type(w) is CommonMetricPrinter else w
+        for w in writers
+    ]
 
 
 def train_within_budget(trainer: TrainerBase, start_iter: int, max_iter: int):

@@ -27,7 +27,7 @@ from ..evaluation import PascalVOCDetectionEvaluatorWithClassAP
 from .accumulation import build_step_trainer
 from .checkpoint import AtomicCheckpointer
 from .distributed import check_batch_norm_batches, create_ddp_model
-from .time_budget import TrainingClock, budget_lr_scheduler, train_within_budget
+from .time_budget import TrainingClock, budget_lr_scheduler, budget_writers, train_within_budget
 
 __all__ = ["SSDPredictor", "SSDTrainer", "build_evaluator"]
 
@@ -101,6 +101,11 @@ class SSDTrainer(DefaultTrainer):
     def build_hooks(self):
         """DefaultTrainer's, after the training clock (SOLVER.MAX_TRAINING_MINUTES) if any."""
         return ([self.clock] if self.clock else []) + super().build_hooks()
+
+    def build_writers(self):
+        """DefaultTrainer's; under a time budget the console's eta counts down to the sooner end."""
+        writers = super().build_writers()
+        return budget_writers(writers, self.clock) if self.clock else writers
 
     def train(self):
         """DefaultTrainer.train, whose loop also ends when the training clock has spent its
