@@ -103,7 +103,7 @@ def do_train(cfg, resume: bool = False):
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     if clock:
-        train_within_budget(trainer, start_iter, cfg.train.max_iter)
+        train_within_budget(trainer, clock, start_iter, cfg.train.max_iter)
     else:
         trainer.train(start_iter, cfg.train.max_iter)
     return trainer

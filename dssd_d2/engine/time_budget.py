@@ -122,12 +122,11 @@ def budget_writers(writers, clock: TrainingClock):
     ]
 
 
-def train_within_budget(trainer: TrainerBase, start_iter: int, max_iter: int):
+def train_within_budget(trainer: TrainerBase, clock: TrainingClock, start_iter: int, max_iter: int):
     """``trainer.train(start_iter, max_iter)`` (Detectron2's TrainerBase), whose loop also ends
-    when a hook lowers ``trainer.max_iter``: the :class:`TrainingClock`, once its budget is spent.
-    """
+    when a hook lowers ``trainer.max_iter``: ``clock``, registered on ``trainer``, once its
+    budget is spent."""
     logger = logging.getLogger("detectron2.engine.train_loop")
-    clock = next(h for h in trainer._hooks if isinstance(h, TrainingClock))
     logger.info(
         f"Starting training from iteration {start_iter}, for at most "
         f"{clock.budget / 60.0:g} training minutes or {max_iter} iterations"

@@ -112,7 +112,7 @@ class SSDTrainer(DefaultTrainer):
         budget (SOLVER.MAX_TRAINING_MINUTES)."""
         if self.clock is None:
             return super().train()
-        train_within_budget(self, self.start_iter, self.max_iter)
+        train_within_budget(self, self.clock, self.start_iter, self.max_iter)
         if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
             verify_results(self.cfg, self._last_eval_results)
             return self._last_eval_results
