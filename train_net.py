@@ -9,12 +9,13 @@ python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_fin
 """
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from dssd_d2 import get_ssd_cfg
 from dssd_d2.engine import SSDTrainer
+from dssd_d2.engine.distributed import launch
 
 
 def setup(args):
@@ -42,8 +43,9 @@ def main(args):
 
 
 def launch_from_args(main_func, args):
-    """Detectron2's ``launch`` of ``main_func(args)`` with the command line's process, machine
-    and address arguments (tests pass a ``main_func`` that first registers their datasets)."""
+    """``launch`` (Detectron2's, each process leaving its group at the end) of
+    ``main_func(args)`` with the command line's process, machine and address arguments (tests
+    pass a ``main_func`` that first registers their datasets)."""
     launch(
         main_func,
         args.num_gpus,

@@ -13,12 +13,11 @@ import torch
 from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from dssd_d2.engine import SSDTrainer
-from dssd_d2.engine.distributed import check_batch_norm_batches
+from dssd_d2.engine.distributed import check_batch_norm_batches, launch
 
 from helpers import (
     kill_and_resume,

@@ -21,7 +21,6 @@ from detectron2.engine import (
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -30,6 +29,7 @@ import dssd_d2  # noqa: F401  (registers our parts and datasets)
 from dssd_d2.data.validation import SkipCountingLoader
 from dssd_d2.engine.accumulation import build_step_trainer
 from dssd_d2.engine.checkpoint import AtomicCheckpointer
+from dssd_d2.engine.distributed import launch
 from dssd_d2.engine.time_budget import (
     BudgetLRMultiplier,
     TrainingClock,

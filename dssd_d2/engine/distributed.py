@@ -8,11 +8,13 @@ import math
 from typing import Dict, List, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from detectron2.config import CfgNode
 from detectron2.engine import create_ddp_model as d2_create_ddp_model
+from detectron2.engine import launch as d2_launch
 from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
@@ -25,6 +27,7 @@ __all__ = [
     "check_batch_norm_batches",
     "create_ddp_model",
     "images_per_process",
+    "launch",
 ]
 
 # get_norm names that build a BatchNorm computing batch statistics in training.
@@ -34,6 +37,20 @@ _SYNC_BATCH_NORMS = (nn.SyncBatchNorm, NaiveSyncBatchNorm)
 _MAX_LISTED = 8
 
 logger = logging.getLogger(__name__)
+
+
+def launch(main_func, num_processes_per_machine: int, *, args=(), **kwargs):
+    """Detectron2's ``launch``, in which each process leaves its process group once
+    ``main_func`` has returned: a gloo group left to the interpreter's exit can abort the
+    finished process (SIGABRT, "terminate called without an active exception")."""
+    d2_launch(_leave_group_after, num_processes_per_machine, args=(main_func, *args), **kwargs)
+
+
+def _leave_group_after(main_func, *args):
+    result = main_func(*args)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return result
 
 
 def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
