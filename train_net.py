@@ -15,7 +15,7 @@ from detectron2.utils import comm
 
 from dssd_d2 import get_ssd_cfg
 from dssd_d2.engine import SSDTrainer
-from dssd_d2.engine.distributed import launch
+from dssd_d2.engine.distributed import launch_from_args  # tests launch their workers with it
 
 
 def setup(args):
@@ -40,20 +40,6 @@ def main(args):
     trainer = SSDTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
-
-
-def launch_from_args(main_func, args):
-    """``launch`` (Detectron2's, each process leaving its group at the end) of
-    ``main_func(args)`` with the command line's process, machine and address arguments (tests
-    pass a ``main_func`` that first registers their datasets)."""
-    launch(
-        main_func,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import dssd_d2  # noqa: F401  (registers our parts and datasets)
 from dssd_d2.data.validation import SkipCountingLoader
 from dssd_d2.engine.accumulation import build_step_trainer
 from dssd_d2.engine.checkpoint import AtomicCheckpointer
-from dssd_d2.engine.distributed import launch
+from dssd_d2.engine.distributed import launch_from_args
 from dssd_d2.engine.time_budget import (
     BudgetLRMultiplier,
     TrainingClock,
@@ -127,12 +127,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, default_argument_parser().parse_args())

@@ -28,6 +28,7 @@ __all__ = [
     "create_ddp_model",
     "images_per_process",
     "launch",
+    "launch_from_args",
 ]
 
 # get_norm names that build a BatchNorm computing batch statistics in training.
@@ -44,6 +45,19 @@ def launch(main_func, num_processes_per_machine: int, *, args=(), **kwargs):
     ``main_func`` has returned: a gloo group left to the interpreter's exit can abort the
     finished process (SIGABRT, "terminate called without an active exception")."""
     d2_launch(_leave_group_after, num_processes_per_machine, args=(main_func, *args), **kwargs)
+
+
+def launch_from_args(main_func, args):
+    """:func:`launch` of ``main_func(args)`` with the command line's process, machine and
+    address arguments (Detectron2's ``default_argument_parser``)."""
+    launch(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
 
 
 def _leave_group_after(main_func, *args):
