@@ -5,6 +5,7 @@ images, refuse to resume from different checkpoints; a killed two-process train_
 resumes to the end; BatchNorms that would crash at one image per process are refused at build
 time, and each model family trains at one image per process with the README's settings."""
 
+import atexit
 import os
 import socket
 
@@ -17,7 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from dssd_d2.engine import SSDTrainer
-from dssd_d2.engine.distributed import check_batch_norm_batches, launch
+from dssd_d2.engine.distributed import check_batch_norm_batches, create_ddp_model, launch
 
 from helpers import (
     kill_and_resume,
@@ -239,6 +240,38 @@ def test_resume_refuses_processes_that_see_different_checkpoints(runs):
         assert "different last checkpoints" in message
         assert "['model_0000001.pth', '']" in message
         assert "needs OUTPUT_DIR on a file system that every machine shares" in message
+
+
+def _gloo_threads():
+    names = (
+        open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")
+    )
+    return sorted(name for name in names if "gloo" in name)
+
+
+def _leave_gloo_work_behind(folder):
+    """Run in each of two processes: what a training run leaves when it returns (a finished
+    comm.all_gather, a DDP model in a reference cycle); writes gloo's threads now and at exit,
+    after launch has freed the process groups."""
+    comm.all_gather(comm.get_rank())
+    model = create_ddp_model(nn.Linear(2, 2))
+    model(torch.ones(1, 2)).sum().backward()
+    model.module.owner = model  # as trainers and their hooks refer to each other
+    path = os.path.join(folder, f"threads_{comm.get_rank()}.pth")
+    running = _gloo_threads()
+    atexit.register(lambda: torch.save({"running": running, "at exit": _gloo_threads()}, path))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads from /proc")
+def test_launch_joins_gloo_threads_before_the_interpreter_exits(tmp_path):
+    """A gloo worker thread still running at exit can abort a finished process (SIGABRT,
+    "terminate called without an active exception") if it releases a collective's tensors
+    then: launch frees the process groups, which joins their threads, when main_func returns."""
+    launch(_leave_gloo_work_behind, 2, dist_url="auto", args=(str(tmp_path),))
+    for rank in (0, 1):
+        threads = torch.load(tmp_path / f"threads_{rank}.pth")
+        assert threads["running"]  # gloo's threads as named by this torch: the check sees them
+        assert threads["at exit"] == [], threads
 
 
 def test_two_process_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
