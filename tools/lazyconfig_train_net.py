@@ -29,6 +29,7 @@ import dssd_d2  # noqa: F401  (registers our parts and datasets)
 from dssd_d2.data.validation import SkipCountingLoader
 from dssd_d2.engine.accumulation import build_step_trainer
 from dssd_d2.engine.checkpoint import AtomicCheckpointer
+from dssd_d2.engine.cpu_memory import keep_freed_memory
 from dssd_d2.engine.distributed import launch_from_args
 from dssd_d2.engine.time_budget import (
     BudgetLRMultiplier,
@@ -69,6 +70,8 @@ def build_trainer(cfg, model):
 def do_train(cfg, resume: bool = False):
     """Train ``cfg`` to ``train.max_iter`` or for ``train.max_training_minutes`` (0: no limit),
     whichever ends first, resuming from ``train.output_dir`` if asked; returns the step trainer."""
+    if cfg.train.device == "cpu":
+        keep_freed_memory()
     model = instantiate(cfg.model).to(cfg.train.device)
     trainer = build_trainer(cfg, model)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)

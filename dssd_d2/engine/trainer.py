@@ -26,6 +26,7 @@ from ..data.validation import SkipCountingLoader, check_dataset_classes
 from ..evaluation import PascalVOCDetectionEvaluatorWithClassAP
 from .accumulation import build_step_trainer
 from .checkpoint import AtomicCheckpointer
+from .cpu_memory import keep_freed_memory
 from .distributed import check_batch_norm_batches, create_ddp_model
 from .time_budget import TrainingClock, budget_lr_scheduler, budget_writers, train_within_budget
 
@@ -54,9 +55,10 @@ class SSDTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        """DefaultTrainer.__init__ (same parts, same order) except that: the model is checked
-        for BatchNorms that would crash at this per-process batch before anything else is
-        built; DDP gets device ids only on a GPU, so that multi-process training also runs on
+        """DefaultTrainer.__init__ (same parts, same order) except that: on the CPU, glibc's
+        malloc keeps freed memory (:func:`keep_freed_memory`: no page faults on each step's
+        large blocks); the model is checked for BatchNorms that would crash at this
+        per-process batch before anything else is built; DDP gets device ids only on a GPU, so that multi-process training also runs on
         CPU-only machines (gloo); SOLVER.ACCUMULATION_STEPS > 1 accumulates micro-batches;
         SOLVER.AMP.ENABLED on a CPU trains in bfloat16 autocast (float32 where the CPU only
         emulates bfloat16); the checkpointer is the atomic one."""
@@ -65,6 +67,8 @@ class SSDTrainer(DefaultTrainer):
         if not logger.isEnabledFor(logging.INFO):  # setup_logger is not called for d2
             setup_logger()
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        if cfg.MODEL.DEVICE == "cpu":
+            keep_freed_memory()
 
         model = self.build_model(cfg)
         check_batch_norm_batches(cfg, model)
