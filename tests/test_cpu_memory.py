@@ -1,6 +1,7 @@
 """glibc's malloc keeping freed memory on the CPU (dssd_d2.engine.cpu_memory): blocks freed and
-allocated again no longer page-fault, and an environment that sets malloc's options wins. Each
-case runs in its own interpreter, as the setting lasts for the process."""
+allocated again no longer page-fault; DSSD_D2_KEEP_FREED_MEMORY=0, or malloc's own options in the
+environment, keep glibc's settings. Each case runs in its own interpreter, as the setting lasts
+for the process."""
 
 import os
 import platform
@@ -47,7 +48,10 @@ def test_freed_blocks_are_reused_without_page_faults():
     assert kept < default / 10, (kept, default)
 
 
-def test_malloc_options_in_the_environment_are_left_alone():
-    applied, faults = _run("keep", MALLOC_MMAP_MAX_="65536")
+@pytest.mark.parametrize(
+    "env", [{"DSSD_D2_KEEP_FREED_MEMORY": "0"}, {"MALLOC_MMAP_THRESHOLD_": "131072"}]
+)
+def test_the_environment_can_keep_glibcs_own_settings(env):
+    applied, faults = _run("keep", **env)
     assert applied == "False"
     assert faults >= 320, faults

@@ -6,7 +6,8 @@ training step allocates and frees its large activations every step, so the kerne
 zero-fills them again at every step: on the 2-core AVX2 EPYC of 2026-12-03, a Tiny-DSOD256
 training process made 110,000 page faults a second and spent 30% of its CPU time in the kernel.
 With every block served from the heap and the heap never trimmed, the same steps took 1.19 s
-instead of 1.62 s (README, "CPU models"). The cost is that the process keeps its peak memory.
+instead of 1.62 s (README, "Train and evaluate"). The cost is that the process keeps its peak
+memory; ``DSSD_D2_KEEP_FREED_MEMORY=0`` in the environment keeps glibc's defaults.
 """
 
 import ctypes
@@ -26,18 +27,18 @@ _MALLOC_ENV = (
     "MALLOC_TRIM_THRESHOLD_",
     "MALLOC_TOP_PAD_",
 )
+_SWITCH = "DSSD_D2_KEEP_FREED_MEMORY"
 
 logger = logging.getLogger(__name__)
 
 
 def keep_freed_memory() -> bool:
     """Serve every allocation of this process (and of the DataLoader workers it forks later)
-    from glibc's heap and never trim it, unless the environment sets glibc's malloc options
-    itself (``MALLOC_MMAP_MAX_=65536`` restores the default) or the C library is not glibc.
-    Returns whether the setting was made."""
-    chosen = [k for k in _MALLOC_ENV if k in os.environ]
-    if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        chosen.append("GLIBC_TUNABLES")
+    from glibc's heap and never trim it; not if ``DSSD_D2_KEEP_FREED_MEMORY=0`` (glibc's
+    defaults), if the environment sets glibc's malloc options itself, or if the C library is
+    not glibc. Returns whether the setting was made."""
+    chosen = os.environ.get(_SWITCH) == "0" or any(k in os.environ for k in _MALLOC_ENV)
+    chosen = chosen or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
     if chosen or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
@@ -45,7 +46,7 @@ def keep_freed_memory() -> bool:
     if done:
         logger.info(
             "glibc malloc keeps freed memory (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GB): "
-            "no page faults on the large blocks of each step; MALLOC_MMAP_MAX_=65536 in the "
-            "environment turns this off"
+            f"no page faults on the large blocks of each step; {_SWITCH}=0 in the environment "
+            "turns this off"
         )
     return done
