@@ -58,8 +58,9 @@ class SSDTrainer(DefaultTrainer):
         """DefaultTrainer.__init__ (same parts, same order) except that: on the CPU, glibc's
         malloc keeps freed memory (:func:`keep_freed_memory`: no page faults on each step's
         large blocks); the model is checked for BatchNorms that would crash at this
-        per-process batch before anything else is built; DDP gets device ids only on a GPU, so that multi-process training also runs on
-        CPU-only machines (gloo); SOLVER.ACCUMULATION_STEPS > 1 accumulates micro-batches;
+        per-process batch before anything else is built; DDP gets device ids only on a GPU, so
+        that multi-process training also runs on CPU-only machines (gloo);
+        SOLVER.ACCUMULATION_STEPS > 1 accumulates micro-batches;
         SOLVER.AMP.ENABLED on a CPU trains in bfloat16 autocast (float32 where the CPU only
         emulates bfloat16); the checkpointer is the atomic one."""
         TrainerBase.__init__(self)
