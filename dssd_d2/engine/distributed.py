@@ -6,6 +6,7 @@ import functools
 import gc
 import logging
 import math
+import signal
 from typing import Dict, List, Tuple
 
 import torch
@@ -43,7 +44,12 @@ logger = logging.getLogger(__name__)
 
 def launch(main_func, num_processes_per_machine: int, *, args=(), **kwargs):
     """Detectron2's ``launch``, in which each process frees its process groups once
-    ``main_func`` has returned (see :func:`_free_process_groups`)."""
+    ``main_func`` has returned (see :func:`_free_process_groups`). torch ends the workers of a
+    launcher that dies with a SIGINT (PR_SET_PDEATHSIG); a launcher started in the background
+    by a shell (``&``, nohup) ignores SIGINT and its workers would inherit that and train on as
+    orphans, so the launcher takes Python's default SIGINT handler back first."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     d2_launch(_free_groups_after, num_processes_per_machine, args=(main_func, *args), **kwargs)
 
 
