@@ -275,8 +275,9 @@ def test_launch_joins_gloo_threads_before_the_interpreter_exits(tmp_path):
 
 
 def test_two_process_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
-    # 200 iterations: at 0.07 s each the run must outlast the kill by seconds, as a busy machine
-    # can delay it (a 20-iteration run once finished before the SIGKILL landed)
+    # 200 iterations of 0.07 s: the run outlasts the kill by seconds on a busy machine. (The CI
+    # failures that prompted this were workers ignoring SIGINT under a backgrounded launcher,
+    # fixed in launch.)
     cfg = tiny_run_cfg(tmp_path, max_iter=200, checkpoint_period=5)
     log = kill_and_resume(tmp_path, cfg, "--num-gpus", "2", "--dist-url", "auto")
     assert "Rank of current process: 0. World size: 2" in log
