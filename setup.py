@@ -22,5 +22,7 @@ setup(
         "export": ["onnx", "onnxruntime"],
         # int8 CPU inference (dssd_d2/deploy/quantize.py): OpenVINO runs it, NNCF quantizes.
         "int8": ["openvino>=2025.0", "nncf>=2.16"],
+        # tools/peer_yolo.py only (Ultralytics is AGPL-3.0; the package never imports it).
+        "peer": ["ultralytics>=8.3"],
     },
 )

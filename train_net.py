@@ -38,6 +38,7 @@ def main(args):
             verify_results(cfg, results)
         return results
     trainer = SSDTrainer(cfg)
+    trainer.register_hooks([trainer.run_record_hook(args.config_file, args.opts)])
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

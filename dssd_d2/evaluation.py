@@ -1,4 +1,5 @@
-"""Pascal VOC evaluation with per-class AP (Detectron2's evaluator reports only the means)."""
+"""Pascal VOC evaluation with per-class AP (Detectron2's evaluator reports only the means), and
+the evaluation of detectors from other libraries (the peers) by the same evaluators."""
 
 import os
 import tempfile
@@ -6,11 +7,12 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
+from detectron2.data import DatasetCatalog
 from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.evaluation.pascal_voc_evaluation import voc_eval
 from detectron2.utils import comm
 
-__all__ = ["PascalVOCDetectionEvaluatorWithClassAP"]
+__all__ = ["PascalVOCDetectionEvaluatorWithClassAP", "evaluate_detector"]
 
 
 class PascalVOCDetectionEvaluatorWithClassAP(PascalVOCDetectionEvaluator):
@@ -50,3 +52,16 @@ class PascalVOCDetectionEvaluatorWithClassAP(PascalVOCDetectionEvaluator):
         table = tabulate(rows, headers=["category", "AP50", "AP75"])
         self._logger.info("Per-class AP50 and AP75:\n" + table)
         return results
+
+
+def evaluate_detector(evaluator, dataset_name: str, predict, batch_size: int = 8) -> dict:
+    """Runs ``evaluator`` over a registered dataset with the detections of ``predict``, a
+    function from a list of dataset dicts to one ``Instances`` per dict (boxes in the image's
+    pixels, ``pred_classes`` in the dataset's contiguous ids): how a detector of another library
+    is scored exactly as ours are."""
+    evaluator.reset()
+    records = DatasetCatalog.get(dataset_name)
+    for start in range(0, len(records), batch_size):
+        inputs = records[start : start + batch_size]
+        evaluator.process(inputs, [{"instances": found} for found in predict(inputs)])
+    return evaluator.evaluate()

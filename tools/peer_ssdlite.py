@@ -50,6 +50,7 @@ from detectron2.utils.logger import setup_logger
 
 from dssd_d2 import get_ssd_cfg
 from dssd_d2.engine import build_evaluator
+from dssd_d2.evaluation import evaluate_detector
 
 logger = logging.getLogger("peer_ssdlite")
 
@@ -128,25 +129,25 @@ def batches(loader):
 
 
 @torch.no_grad()
-def evaluate(model, cfg, dataset_name, output_dir, batch_size=8):
+def evaluate(model, cfg, dataset_name, output_dir):
     """Detections of ``model`` on a registered dataset through our evaluator; the results dict."""
-    model.eval()
-    evaluator = build_evaluator(cfg, dataset_name, os.path.join(output_dir, "inference"))
-    evaluator.reset()
-    records = DatasetCatalog.get(dataset_name)
-    for start in range(0, len(records), batch_size):
-        inputs = records[start : start + batch_size]
-        images = [load_image(r).float() / 255.0 for r in inputs]
-        outputs = []
-        for record, image, detections in zip(inputs, images, model(images)):
+
+    def predict(records):
+        images = [load_image(r).float() / 255.0 for r in records]
+        found = []
+        for image, detections in zip(images, model(images)):
             instances = Instances(tuple(image.shape[-2:]))
             instances.pred_boxes = Boxes(detections["boxes"])
             instances.scores = detections["scores"]
             instances.pred_classes = detections["labels"] - 1
-            outputs.append({"instances": instances})
-        evaluator.process(inputs, outputs)
+            found.append(instances)
+        return found
+
+    model.eval()
+    evaluator = build_evaluator(cfg, dataset_name, os.path.join(output_dir, "inference"))
+    results = evaluate_detector(evaluator, dataset_name, predict)
     model.train()
-    return evaluator.evaluate()
+    return results
 
 
 def _evaluate_all(model, cfg, output_dir):

@@ -24,6 +24,7 @@ from detectron2.utils.logger import setup_logger
 from ..data import SSDDatasetMapper
 from ..data.validation import SkipCountingLoader, check_dataset_classes
 from ..evaluation import PascalVOCDetectionEvaluatorWithClassAP
+from ..run_record import RunRecordHook
 from .accumulation import build_step_trainer
 from .checkpoint import AtomicCheckpointer
 from .cpu_memory import keep_freed_memory
@@ -106,6 +107,36 @@ class SSDTrainer(DefaultTrainer):
     def build_hooks(self):
         """DefaultTrainer's, after the training clock (SOLVER.MAX_TRAINING_MINUTES) if any."""
         return ([self.clock] if self.clock else []) + super().build_hooks()
+
+    def run_record_hook(self, config_file: str, overrides, tool: str = "train_net.py"):
+        """The hook that writes OUTPUT_DIR/run_record.json when training ends (None outside the
+        main process); register it last, after the evaluation."""
+        if not comm.is_main_process():
+            return None
+        cfg = self.cfg
+        describe = {
+            "tool": tool,
+            "config_file": config_file,
+            "overrides": list(overrides),
+            "model": cfg.MODEL.BACKBONE.NAME,
+            "datasets": {"train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)},
+            "batch_size": cfg.SOLVER.IMS_PER_BATCH,
+            "settings": {
+                "input_size": cfg.INPUT.FIXED_SIZE,
+                "base_lr": cfg.SOLVER.BASE_LR,
+                "accumulation_steps": cfg.SOLVER.ACCUMULATION_STEPS,
+                "processes": comm.get_world_size(),
+                "step_trainer": type(self._trainer).__name__,
+                "precision": str(getattr(self._trainer, "precision", None) or "float32"),
+                "amp": cfg.SOLVER.AMP.ENABLED,
+                "channels_last": cfg.MODEL.CHANNELS_LAST,
+                "max_iter": cfg.SOLVER.MAX_ITER,
+                "max_training_minutes": cfg.SOLVER.MAX_TRAINING_MINUTES,
+            },
+        }
+        return RunRecordHook(
+            cfg.OUTPUT_DIR, describe, lambda t: getattr(t, "_last_eval_results", {}), self.clock
+        )
 
     def build_writers(self):
         """DefaultTrainer's; under a time budget the console's eta counts down to the sooner end."""
