@@ -5,6 +5,8 @@ import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .data.voc_folder import register_voc_folder
+
 
 def get_ssd_cfg(config_file: str = "", opts=()) -> CN:
     """Detectron2's defaults plus :func:`add_ssd_config`, then ``config_file`` and ``KEY VALUE``
@@ -17,6 +19,8 @@ def get_ssd_cfg(config_file: str = "", opts=()) -> CN:
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
+    if cfg.DATASETS.VOC_FOLDER:  # here, so that every process and tool of a run registers it
+        register_voc_folder(cfg.DATASETS.VOC_FOLDER, "custom", cfg.DATASETS.VOC_CLASSES or None)
     return cfg
 
 
@@ -53,6 +57,16 @@ def add_ssd_config(cfg):
     # skipped image gets no detections and its objects count as missed).
     _C.DATALOADER.BAD_IMAGE_POLICY_TRAIN = "skip"
     _C.DATALOADER.BAD_IMAGE_POLICY_TEST = "raise"
+
+    # ---------------------------------------------------------------- a user's VOC folder
+    # A Pascal VOC 2007-layout folder (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt)
+    # that get_ssd_cfg registers as custom_<split>, one dataset per split file, evaluated with
+    # the VOC 2007 metric (dssd_d2/data/voc_folder.py); then e.g. DATASETS.TRAIN
+    # ("custom_trainval",). Default "": none.
+    _C.DATASETS.VOC_FOLDER = ""
+    # Its class names in the order of their ids; empty: the sorted unique <object><name> of its
+    # annotations. Default ().
+    _C.DATASETS.VOC_CLASSES = ()
 
     # ---------------------------------------------------------------- SSD meta-architecture
     _C.MODEL.SSD = CN()

@@ -9,6 +9,7 @@ from .transforms import (
     build_ssd_augmentation,
     ssd_augmentations,
 )
+from .voc_folder import register_voc_folder
 
 __all__ = [
     "SSDDatasetMapper",
@@ -16,4 +17,5 @@ __all__ = [
     "RandomExpand",
     "build_ssd_augmentation",
     "ssd_augmentations",
+    "register_voc_folder",
 ]

@@ -4,7 +4,6 @@ VOC 2007 layout, when their folders exist under ``$DETECTRON2_DATASETS``, and th
 digits and small digits (``data/digits.py``, ``data/small_digits.py``), always."""
 
 import functools
-import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -12,6 +11,7 @@ from detectron2.data.datasets.pascal_voc import load_voc_instances
 
 from .digits import register_digits
 from .small_digits import register_small_digits
+from .voc_folder import load_voc_folder_instances, register_voc_split
 
 __all__ = [
     "BCCD_CLASSES",
@@ -22,32 +22,14 @@ __all__ = [
     "register_microcontrollers",
 ]
 
-logger = logging.getLogger(__name__)
-
 BCCD_CLASSES = ("RBC", "WBC", "Platelets")
 BCCD_SPLITS = ("train", "val", "trainval", "test")
 
 
 def load_bccd_instances(root: str, split: str):
-    """Detectron2's VOC loader, without BCCD's zero-extent boxes.
-
-    Two BCCD objects are points (xmin == xmax and ymin == ymax). The VOC loader reads inclusive
-    pixel indices, so they would become 1x1 boxes; they are annotation errors, dropped here with
-    a warning naming the file.
-    """
-    dicts = load_voc_instances(root, split, BCCD_CLASSES)
-    for record in dicts:
-        annotations = record["annotations"]
-        kept = [
-            a
-            for a in annotations
-            if min(a["bbox"][2] - a["bbox"][0], a["bbox"][3] - a["bbox"][1]) > 1
-        ]
-        if len(kept) < len(annotations):
-            dropped = [a["bbox"] for a in annotations if a not in kept]
-            logger.warning(f"{record['file_name']}: dropping zero-extent box(es) {dropped}")
-        record["annotations"] = kept
-    return dicts
+    """Detectron2's VOC loader, without BCCD's two zero-extent boxes (points: annotation errors,
+    dropped with a warning naming the file; see :func:`load_voc_folder_instances`)."""
+    return load_voc_folder_instances(root, split, BCCD_CLASSES)
 
 
 def register_bccd(root: str, prefix: str = "bccd"):
@@ -56,17 +38,7 @@ def register_bccd(root: str, prefix: str = "bccd"):
     Evaluation uses Detectron2's PascalVOCDetectionEvaluator with the VOC 2007 (11-point) metric.
     """
     for split in BCCD_SPLITS:
-        name = f"{prefix}_{split}"
-        if name in DatasetCatalog.list():
-            continue
-        DatasetCatalog.register(name, functools.partial(load_bccd_instances, root, split))
-        MetadataCatalog.get(name).set(
-            thing_classes=list(BCCD_CLASSES),
-            dirname=root,
-            year=2007,
-            split=split,
-            evaluator_type="pascal_voc",
-        )
+        register_voc_split(f"{prefix}_{split}", root, split, BCCD_CLASSES)
 
 
 def register_all_bccd(datasets_root: str):
@@ -93,18 +65,16 @@ def register_microcontrollers(root: str, prefix: str = "microcontrollers"):
     tuning split of trainval, ``{prefix}_{train,val}`` (92 / 22). The tuning split has no VOC
     image-set file (the data folder is read only), so it is evaluated with Detectron2's COCO
     evaluator: AP over IoU 0.5:0.95 and AP50 by COCO's 101-point interpolation."""
-    for split in ("trainval", "test", "train", "val"):
+    for split in ("trainval", "test"):
+        register_voc_split(f"{prefix}_{split}", root, split, MICROCONTROLLERS_CLASSES)
+    for split in ("train", "val"):
         name = f"{prefix}_{split}"
         if name in DatasetCatalog.list():
             continue
-        if split in ("trainval", "test"):
-            load = functools.partial(load_voc_instances, root, split, MICROCONTROLLERS_CLASSES)
-            metadata = dict(dirname=root, year=2007, split=split, evaluator_type="pascal_voc")
-        else:
-            load = functools.partial(_holdout_part, root, split)
-            metadata = dict(evaluator_type="coco")
-        DatasetCatalog.register(name, load)
-        MetadataCatalog.get(name).set(thing_classes=list(MICROCONTROLLERS_CLASSES), **metadata)
+        DatasetCatalog.register(name, functools.partial(_holdout_part, root, split))
+        MetadataCatalog.get(name).set(
+            thing_classes=list(MICROCONTROLLERS_CLASSES), evaluator_type="coco"
+        )
 
 
 def register_all_microcontrollers(datasets_root: str):
