@@ -25,7 +25,13 @@ from detectron2.evaluation.testing import flatten_results_dict
 
 from .cpu import flags
 
-__all__ = ["RunRecordHook", "cpu_description", "make_run_record", "write_run_record"]
+__all__ = [
+    "RunRecordHook",
+    "cpu_description",
+    "describe_machine",
+    "make_run_record",
+    "write_run_record",
+]
 
 RECORD_FILE = "run_record.json"
 # The instruction sets that decide which number formats train fast here (dssd_d2/cpu.py).
@@ -64,6 +70,17 @@ def _commit() -> str:
     return (head + ("+dirty" if dirty else "")) if head else "unknown"
 
 
+def describe_machine() -> dict:
+    """Where and when a measurement ran: commit, date, CPU, threads, torch."""
+    return {
+        "commit": _commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpu": cpu_description(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
 def make_run_record(
     *,
     tool: str,
@@ -90,11 +107,7 @@ def make_run_record(
         "config_file": config_file,
         "overrides": list(overrides),
         "model": model,
-        "commit": _commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cpu": cpu_description(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **describe_machine(),
         "datasets": datasets,
         "iterations": int(iterations),
         "batch_size": int(batch_size),

@@ -4,6 +4,8 @@ full-size models and their tiny variants, random images and small registered dat
 Fixtures live in conftest.py; no test module imports another.
 """
 
+import importlib.util
+import itertools
 import json
 import os
 import signal
@@ -540,3 +542,11 @@ def kill_and_resume(tmp_path, cfg, *launch_args):
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, final["model"][key], msg=key)
     return resumed_log
+
+
+def load_tool(name):
+    """A script of tools/ as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -24,7 +24,8 @@ channels-last layout that SOLVER.AMP.ENABLED and MODEL.CHANNELS_LAST give our mo
 
 The budget counts training time only (loading batches, forward, backward and step); evaluations
 pause it. Writes OUTPUT_DIR/metrics.json (losses, lr and AP, for tools/plot_training_curves.py),
-OUTPUT_DIR/model_final.pth (a torchvision state dict) and OUTPUT_DIR/results.json.
+OUTPUT_DIR/model_final.pth (a torchvision state dict), OUTPUT_DIR/results.json and the run record
+(OUTPUT_DIR/run_record.json).
 """
 
 import argparse
@@ -51,6 +52,7 @@ from detectron2.utils.logger import setup_logger
 from dssd_d2 import get_ssd_cfg
 from dssd_d2.engine import build_evaluator
 from dssd_d2.evaluation import evaluate_detector
+from dssd_d2.run_record import make_run_record, write_run_record
 
 logger = logging.getLogger("peer_ssdlite")
 
@@ -287,7 +289,22 @@ def main(argv=None):
     os.makedirs(args.output_dir, exist_ok=True)
     for name in ("peer_ssdlite", "detectron2"):  # ours, then the evaluators' messages
         setup_logger(os.path.join(args.output_dir, "log.txt"), name=name)
+    start = time.perf_counter()
     model, stats, results = train(args, cfg)
+    record = make_run_record(
+        tool="peer_ssdlite.py",
+        config_file=args.config_file,
+        overrides=args.opts,
+        model="ssdlite320_mobilenet_v3_large",
+        datasets={"train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)},
+        results=results,
+        iterations=stats["iterations"],
+        batch_size=args.batch_size,
+        training_minutes=stats["training_minutes"],
+        wall_minutes=(time.perf_counter() - start) / 60.0,
+        settings={"input_size": 320, "base_lr": stats["lr"], "amp": args.amp},
+    )
+    write_run_record(record, args.output_dir)
     torch.save(model.state_dict(), os.path.join(args.output_dir, "model_final.pth"))
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump({"peer": stats, "results": results}, f, indent=2)
