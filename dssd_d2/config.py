@@ -102,6 +102,11 @@ def add_ssd_config(cfg):
     # onto each object; their mean is tighter than the best-scored one (BCCD val, a Tiny-DSOD
     # trained on bccd_train: AP 36.9 -> 40.2 at 0.7, AP75 37.0 -> 41.7). 0 (SSD's) disables it.
     _C.MODEL.SSD.BOX_VOTING_IOU_TEST = 0.0
+    # Clip decoded boxes to the image before NMS (Detectron2's habit); False runs NMS on the
+    # unclipped boxes and clips the kept ones, as Caffe's DetectionOutput does (the
+    # configs/Caffe models: boxes reaching past the image then overlap as Caffe computes it).
+    # Default True.
+    _C.MODEL.SSD.CLIP_BEFORE_NMS_TEST = True
     # Parameter-name prefixes to freeze (requires_grad False, BatchNorm frozen), e.g.
     # ["backbone.bottom_up"] for DSSD's first training stage. An unknown prefix is an error.
     _C.MODEL.SSD.FREEZE = []
@@ -134,6 +139,9 @@ def add_ssd_config(cfg):
     # the background logit's bias), so that a focal loss over thousands of background priors does
     # not open with a huge loss; 0: every class equally likely (SSD).
     _C.MODEL.SSD_HEAD.PRIOR_PROB = 0.0
+    # Channels of a 3x3 conv (with MODEL.SSD_HEAD.NORM and ReLU) before each class and each box
+    # predictor, one per predictor; 0: none. The official DSSD513 has 512. Default 0.
+    _C.MODEL.SSD_HEAD.PREDICTOR_INTER_CHANNELS = 0
 
     # ---------------------------------------------------------------- priors (default boxes)
     # Per level: min size, max size (the extra square is sqrt(min * max); 0: none), aspect
@@ -170,6 +178,11 @@ def add_ssd_config(cfg):
     _C.MODEL.SSD_EXTRAS.PADDINGS = [1, 1, 0, 0]
     _C.MODEL.SSD_EXTRAS.KERNEL_SIZES = [3, 3, 3, 3]
     _C.MODEL.SSD_EXTRAS.NORM = ""
+    # ResNet-SSD only: per level, the kernel of the residual block's first conv and of its
+    # projection, which then take the level's stride (no padding), the middle conv keeping
+    # KERNEL_SIZES / PADDINGS at stride 1: the official SSD513/DSSD513 use 2 (2x2 stride 2).
+    # Empty: 1x1 first conv and projection, stride in the middle conv. Default [].
+    _C.MODEL.SSD_EXTRAS.FIRST_KERNEL_SIZES = []
 
     # ---------------------------------------------------------------- solver
     # Micro-batches accumulated into one optimizer step (one iteration); the effective batch
@@ -248,6 +261,9 @@ def add_ssd_config(cfg):
     _C.MODEL.DSSD.COMBINE = "prod"
     # Norm after each conv of the deconvolution modules (any get_norm name). Default "BN".
     _C.MODEL.DSSD.NORM = "BN"
+    # Give the deconvolution a bias even with a norm after it (the official DSSD's
+    # Deconvolution layers have one; configs/Caffe/dssd513_R_101_coco.yaml). Default False.
+    _C.MODEL.DSSD.DECONV_BIAS = False
 
     # ---- Matching and priors (torchvision equivalence)
     # How priors are matched to ground truth, by name in
@@ -267,6 +283,15 @@ def add_ssd_config(cfg):
     _C.MODEL.ANCHOR_GENERATOR.NAME = "SSDAnchorGenerator"
     _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
     _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+    # Refuse STEPS whose prior grid does not span INPUT.FIXED_SIZE (within 25%), the usual sign
+    # of steps left over from another input size. False only to reproduce a released model
+    # that has such a step: DSOD300's Caffe model keeps step 300 on its 2x2 last map
+    # (configs/Caffe/dsod300_*.yaml). Default True.
+    _C.MODEL.ANCHOR_GENERATOR.CHECK_STEPS = True
+    # Per level, centres at (i + offset) * step instead of MODEL.ANCHOR_GENERATOR.OFFSET on
+    # every level (any value >= 0): the official DSSD513/SSD513 start their prior grids where
+    # each map's first cell is centred, 2.5 pixels in at step 8 (configs/Caffe). Default [].
+    _C.MODEL.ANCHOR_GENERATOR.OFFSETS = []
 
     # ---- CPU models: Tiny-DSOD and SSDlite
     # Tiny-DSOD (Li et al., BMVC 2018; build_tiny_dsod_backbone): depthwise dense blocks and a

@@ -75,6 +75,7 @@ class SSDAnchorGenerator(DefaultAnchorGenerator):
         flip: bool = True,
         clip_size: int = 0,
         clamp_size: int = 0,
+        offsets: Sequence[float] = (),
     ):
         """
         Args:
@@ -85,6 +86,8 @@ class SSDAnchorGenerator(DefaultAnchorGenerator):
             clip_size: when > 0, clip priors to the square [0, clip_size].
             clamp_size: when > 0, clamp every prior's width and height to at most
                 ``clamp_size`` (centres unchanged).
+            offsets: per level, centres at (i + offset) * step instead of ``offset`` on every
+                level; any value >= 0 (DSSD513's Caffe priors start 2.5 pixels in at step 8).
         """
         nn.Module.__init__(self)
         self.strides = list(steps)
@@ -104,6 +107,9 @@ class SSDAnchorGenerator(DefaultAnchorGenerator):
         if not 0.0 <= offset < 1.0:
             raise ValueError(f"MODEL.ANCHOR_GENERATOR.OFFSET must be in [0, 1), got {offset}")
         self.offset = offset
+        self.offsets = list(_per_level(offsets, self.num_features, "OFFSETS")) if offsets else []
+        if any(o < 0 for o in self.offsets):
+            raise ValueError(f"MODEL.ANCHOR_GENERATOR.OFFSETS must be >= 0, got {self.offsets}")
         self.clip_size = clip_size
 
     @classmethod
@@ -119,7 +125,22 @@ class SSDAnchorGenerator(DefaultAnchorGenerator):
             "flip": anchor_cfg.FLIP,
             "clip_size": cfg.INPUT.FIXED_SIZE if anchor_cfg.CLIP else 0,
             "clamp_size": cfg.INPUT.FIXED_SIZE if anchor_cfg.CLAMP_SIZES else 0,
+            "offsets": anchor_cfg.OFFSETS,
         }
+
+    def _grid_anchors(self, grid_sizes: List[List[int]]):
+        if not self.offsets:
+            return super()._grid_anchors(grid_sizes)
+        anchors = []
+        buffers = [x[1] for x in self.cell_anchors.named_buffers()]
+        for size, stride, offset, base in zip(grid_sizes, self.strides, self.offsets, buffers):
+            # (i + offset) * stride for every i < size, also for offsets >= 1.
+            ys, xs = [(torch.arange(n, device=base.device) + offset) * stride for n in size]
+            shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
+            shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+            anchors.append((shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4))
+        return anchors
 
     def forward(self, features: List[torch.Tensor]) -> List[Boxes]:
         anchors = super().forward(features)

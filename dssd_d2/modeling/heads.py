@@ -93,7 +93,7 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, norm: str) ->
     """DSOD's released predictors: a bias-free conv, then BatchNorm with a learned scale and
     shift. The norm makes the predictions independent of the scale of their input (the
     L2Norm-scaled sources) and of the conv's weights, which is what lets the from-scratch recipe
-    take lr 0.1 (see docs/dsod_bccd_run.md)."""
+    take lr 0.1 (see docs/experiments/2026-11-22-dsod-bccd-recipe.md)."""
     predictor = Conv2d(
         in_channels,
         out_channels,
@@ -155,6 +155,7 @@ class SSDHead(nn.Module):
         kernel_size: Union[int, Sequence[int]] = 3,
         predictor: str = "conv",
         prior_prob: float = 0.0,
+        inter_channels: int = 0,
     ):
         """
         Args:
@@ -163,6 +164,8 @@ class SSDHead(nn.Module):
             kernel_size: of the predictors, for every level or one per level.
             predictor: name in PREDICTOR_REGISTRY: "conv", "conv_bn" or "separable".
             prior_prob: if > 0, every prior starts with this total foreground probability.
+            inter_channels: if > 0, each predictor is preceded by its own 3x3 conv of this
+                width with norm and ReLU (the official DSSD513).
         """
         super().__init__()
         if len(num_anchors) != len(input_shape):
@@ -203,10 +206,25 @@ class SSDHead(nn.Module):
         ):
             module, channels = build_module(shape.channels, dims, norm)
             self.prediction_modules.append(module)
-            self.cls_score.append(
-                build_predictor(channels, anchors * (num_classes + 1), kernel, norm)
-            )
-            self.bbox_pred.append(build_predictor(channels, anchors * 4, kernel, norm))
+            for predictors, out in (
+                (self.cls_score, anchors * (num_classes + 1)),
+                (self.bbox_pred, anchors * 4),
+            ):
+                if inter_channels:
+                    inter = Conv2d(
+                        channels,
+                        inter_channels,
+                        3,
+                        padding=1,
+                        bias=False,
+                        norm=get_norm(norm, inter_channels),
+                        activation=nn.ReLU(inplace=True),
+                    )
+                    nn.init.normal_(inter.weight, std=0.01)
+                    predictor = build_predictor(inter_channels, out, kernel, norm)
+                    predictors.append(nn.Sequential(inter, predictor))
+                else:
+                    predictors.append(build_predictor(channels, out, kernel, norm))
         if prior_prob > 0:
             self._start_background_at(1 - prior_prob)
 
@@ -234,6 +252,7 @@ class SSDHead(nn.Module):
             "kernel_size": head.KERNEL_SIZES or head.KERNEL_SIZE,
             "predictor": head.PREDICTOR,
             "prior_prob": head.PRIOR_PROB,
+            "inter_channels": head.PREDICTOR_INTER_CHANNELS,
         }
 
     def forward(self, features):

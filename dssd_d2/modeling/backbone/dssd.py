@@ -64,6 +64,7 @@ class DeconvolutionModule(nn.Module):
         deconv_padding: Tuple[int, int],
         combine: str = "prod",
         norm: str = "BN",
+        deconv_bias: bool = False,
     ):
         super().__init__()
         if combine not in ("prod", "sum"):
@@ -76,7 +77,7 @@ class DeconvolutionModule(nn.Module):
             deconv_kernel,
             stride=deconv_stride,
             padding=deconv_padding,
-            bias=use_bias,
+            bias=use_bias or deconv_bias,
         )
 
         def conv3x3(in_channels, activation=None):
@@ -129,6 +130,7 @@ class DSSDBackbone(Backbone):
         image_size: Union[int, Tuple[int, int]],
         combine: str = "prod",
         norm: str = "BN",
+        deconv_bias: bool = False,
         in_channels: int = 3,
     ):
         """
@@ -139,6 +141,7 @@ class DSSDBackbone(Backbone):
             image_size: the input size (an int for a square) the decoder is built for.
             combine: "prod" or "sum", see :class:`DeconvolutionModule`.
             norm: normalization after each conv of the deconvolution modules.
+            deconv_bias: give each deconvolution a bias also with a norm (official DSSD).
             in_channels: image channels, to infer the bottom-up's map sizes.
         """
         super().__init__()
@@ -178,6 +181,7 @@ class DSSDBackbone(Backbone):
                 deconv_padding=padding,
                 combine=combine,
                 norm=norm,
+                deconv_bias=deconv_bias,
             )
             self.add_module(f"deconv_{fine}", module)
             self.deconv_modules.append(module)
@@ -202,6 +206,7 @@ class DSSDBackbone(Backbone):
             "image_size": cfg.INPUT.FIXED_SIZE,
             "combine": cfg.MODEL.DSSD.COMBINE,
             "norm": cfg.MODEL.DSSD.NORM,
+            "deconv_bias": cfg.MODEL.DSSD.DECONV_BIAS,
             "in_channels": input_shape.channels,
         }
 

@@ -50,7 +50,9 @@ class ExtraBottleneckBlock(BottleneckBlock):
 
     When the middle conv is "valid" the shortcut reads the input at the centres of its windows
     (a centre crop before the strided 1x1 projection), so both paths have the same size and stay
-    aligned.
+    aligned. With ``first_kernel`` > 1 the first conv and the projection are ``first_kernel``
+    square, unpadded and strided, and the middle conv has stride 1 (the official SSD513/DSSD513:
+    2x2 stride 2).
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class ExtraBottleneckBlock(BottleneckBlock):
         kernel_size: int = 3,
         padding: int = 1,
         norm: str = "BN",
+        first_kernel: int = 1,
     ):
         super().__init__(
             in_channels,
@@ -79,12 +82,38 @@ class ExtraBottleneckBlock(BottleneckBlock):
                 "(KERNEL_SIZES - 1) / 2 with KERNEL_SIZES - 1 - 2 * PADDINGS even."
             )
         self.crop = crop // 2
-        if (kernel_size, padding) != (3, 1):
+        middle_stride = stride
+        if first_kernel > 1:
+            if self.crop:
+                raise ValueError(
+                    "MODEL.SSD_EXTRAS.FIRST_KERNEL_SIZES > 1 needs a padded middle conv "
+                    "(KERNEL_SIZES - 1 == 2 * PADDINGS)"
+                )
+            middle_stride = 1
+            self.conv1 = Conv2d(
+                in_channels,
+                bottleneck_channels,
+                kernel_size=first_kernel,
+                stride=stride,
+                bias=False,
+                norm=get_norm(norm, bottleneck_channels),
+            )
+            self.shortcut = Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size=first_kernel,
+                stride=stride,
+                bias=False,
+                norm=get_norm(norm, out_channels),
+            )
+            for layer in (self.conv1, self.shortcut):
+                weight_init.c2_msra_fill(layer)
+        if (kernel_size, padding) != (3, 1) or middle_stride != stride:
             self.conv2 = Conv2d(
                 bottleneck_channels,
                 bottleneck_channels,
                 kernel_size=kernel_size,
-                stride=stride,
+                stride=middle_stride,
                 padding=padding,
                 bias=False,
                 norm=get_norm(norm, bottleneck_channels),
@@ -194,9 +223,16 @@ def build_resnet_ssd_backbone(cfg, input_shape: ShapeSpec):
     norm = extras.NORM or cfg.MODEL.RESNETS.NORM
     in_channels = stages[-1][-1].out_channels
     extra_blocks = []
-    for bottleneck, out, stride, padding, kernel in extra_level_settings(
+    settings = extra_level_settings(
         extras.CONV_DIMS, extras.STRIDES, extras.PADDINGS, extras.KERNEL_SIZES
-    ):
+    )
+    first_kernels = list(extras.FIRST_KERNEL_SIZES) or [1] * len(settings)
+    if len(first_kernels) != len(settings):
+        raise ValueError(
+            f"MODEL.SSD_EXTRAS.FIRST_KERNEL_SIZES needs one entry per extra level "
+            f"({len(settings)}); got {first_kernels}"
+        )
+    for (bottleneck, out, stride, padding, kernel), first in zip(settings, first_kernels):
         extra_blocks.append(
             ExtraBottleneckBlock(
                 in_channels,
@@ -206,6 +242,7 @@ def build_resnet_ssd_backbone(cfg, input_shape: ShapeSpec):
                 kernel_size=kernel,
                 padding=padding,
                 norm=norm,
+                first_kernel=first,
             )
         )
         in_channels = out
