@@ -46,6 +46,23 @@ def add_ssd_config(cfg):
     _C.INPUT.SSD_AUG.MIN_IOUS = [0.1, 0.3, 0.5, 0.7, 0.9]
     _C.INPUT.SSD_AUG.MIN_CROP_SIZE = 0.3
     # Horizontal flip uses Detectron2's INPUT.RANDOM_FLIP ("horizontal" or "none").
+    # Mosaic (dssd_d2/data/mosaic.py): four training images, each resized to FIXED_SIZE on its
+    # longer side, meet at a random centre of a FIXED_SIZE square, before the augmentations
+    # above. Default False.
+    _C.INPUT.MOSAIC = CN()
+    _C.INPUT.MOSAIC.ENABLED = False
+    # Chance that a training sample is a mosaic. Default 1.0.
+    _C.INPUT.MOSAIC.PROB = 1.0
+    # The last fraction of training (by iterations or SOLVER.MAX_TRAINING_MINUTES, whichever is
+    # further along) runs without mosaic ("close mosaic"; Ultralytics: 10 of 100 epochs).
+    # Default 0.0.
+    _C.INPUT.MOSAIC.CLOSE_FRACTION = 0.0
+    # The centre lies at a uniform random fraction of the side in this range, on each axis.
+    # Default (0.25, 0.75).
+    _C.INPUT.MOSAIC.CENTER_RANGE = (0.25, 0.75)
+    # A box cut by its tile's edge is kept when at least this fraction of its area (and 2 pixels
+    # of width and height) is left. Default 0.1 (Ultralytics').
+    _C.INPUT.MOSAIC.MIN_AREA_FRACTION = 0.1
 
     # ---------------------------------------------------------------- bad images
     # What SSDDatasetMapper does with an image it cannot use (missing, empty, truncated or
@@ -92,6 +109,10 @@ def add_ssd_config(cfg):
     # offsets) or "giou", "diou", "ciou" (on the decoded boxes: an overlap loss, which weighs
     # a box's error by the box's size as AP at IoU 0.75 does).
     _C.MODEL.SSD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+    # The box loss's weight against the classification loss (an IoU loss per positive lies in
+    # [0, 2] for GIoU, smooth L1 on SSD's encoded offsets is usually larger; mmdetection weighs
+    # GIoU by 2 beside a focal loss). Default 1.0.
+    _C.MODEL.SSD.BBOX_REG_LOSS_WEIGHT = 1.0
     # Inference: softmax scores above SCORE_THRESH_TEST, at most TOPK_CANDIDATES_TEST per
     # class before class-wise NMS at NMS_THRESH_TEST; TEST.DETECTIONS_PER_IMAGE are kept.
     _C.MODEL.SSD.SCORE_THRESH_TEST = 0.01
@@ -201,6 +222,19 @@ def add_ssd_config(cfg):
     # (with a warning) unless SOLVER.AMP.EMULATED_BF16 forces bfloat16.
     _C.MODEL.CHANNELS_LAST = False
     _C.SOLVER.AMP.EMULATED_BF16 = False
+
+    # ---- EMA of the weights (dssd_d2/ema.py)
+    # Keep an exponential moving average of the weights, as Ultralytics YOLO does: checkpoints
+    # (their "model"), evaluations and the trained model hold the EMA; --resume continues it.
+    # Default False.
+    _C.MODEL.EMA = CN()
+    _C.MODEL.EMA.ENABLED = False
+    # The decay once warmed up (averages over about 1 / (1 - DECAY) steps); it warms up as
+    # DECAY * (1 - exp(-updates / TAU)), 63% of DECAY at TAU steps (Ultralytics: 0.9999 and
+    # 2000, sized for tens of thousands of steps). Defaults 0.998 and 200, for CPU runs of 1-5k
+    # steps: the average spans about 100 steps at step 1000 and 500 from step 2000 on.
+    _C.MODEL.EMA.DECAY = 0.998
+    _C.MODEL.EMA.TAU = 200.0
 
     # ---- DSOD
     # DenseNet backbone and prediction layers (build_dsod_backbone), named like the paper's

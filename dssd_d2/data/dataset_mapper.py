@@ -98,25 +98,36 @@ class SSDDatasetMapper(DatasetMapper):
             ) from error
         logger.warning(f"Skipping an image: {error}")
 
-    def __call__(self, dataset_dict):
+    def read(self, dataset_dict):
+        """The image of ``dataset_dict`` (a copy, which loses its "annotations"), its usable
+        annotations and their XYXY boxes (none at test time: evaluators read the ground truth
+        themselves); None for an image that is skipped."""
         dataset_dict = copy.deepcopy(dataset_dict)
         try:
             image = read_image(dataset_dict["file_name"], format=self.image_format)
             utils.check_image_size(dataset_dict, image)
         except (BadImageError, utils.SizeMismatchError) as e:
             self._count_skip(e)
-            return None  # Detectron2's MapDataset then loads another image
-        if self._skipped:
-            dataset_dict[SKIPPED_KEY], self._skipped = self._skipped, 0
-
+            return None
         annos = dataset_dict.pop("annotations", [])
         if not self.is_train:
-            boxes = np.zeros((0, 4))  # evaluators read the ground truth themselves
-        else:
-            annos, boxes = clean_annotations(
-                annos, dataset_dict["file_name"], image.shape[:2], self.num_classes
-            )
+            return dataset_dict, image, [], np.zeros((0, 4))
+        annos, boxes = clean_annotations(
+            annos, dataset_dict["file_name"], image.shape[:2], self.num_classes
+        )
+        return dataset_dict, image, annos, boxes
 
+    def __call__(self, dataset_dict):
+        loaded = self.read(dataset_dict)
+        if loaded is None:
+            return None  # Detectron2's MapDataset then loads another image
+        return self.augment(*loaded)
+
+    def augment(self, dataset_dict, image, annos, boxes):
+        """The model's input from a read image: augmentations, then the boxes whose centre is
+        still inside the image (training)."""
+        if self._skipped:
+            dataset_dict[SKIPPED_KEY], self._skipped = self._skipped, 0
         aug_input = T.AugInput(image, boxes=boxes)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
