@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast demo clean
 
 install: $(VENV)/.installed
 
@@ -11,14 +11,16 @@ $(VENV)/.installed: setup.py tools/install_detectron2.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_PINS)
 	bash tools/install_detectron2.sh $(PY)
-	$(PY) -m pip install -e '.[test,export,int8]' 'numpy<2'  # Detectron2 0.7 needs numpy 1
+	$(PY) -m pip install -e '.[test,export,int8,peer]' 'numpy<2'  # Detectron2 0.7 needs numpy 1
 	touch $@
 
-# The int8 tests run in their own process: OpenVINO's runtime threads living on in the suite's
-# process ended one full run in a segmentation fault some tests after test_quantize.py.
+# The whole suite in one pytest process, as CI runs it (.ci/run).
 test: install
-	$(PY) -m pytest -q tests --ignore=tests/test_quantize.py
-	$(PY) -m pytest -q tests/test_quantize.py
+	$(PY) -m pytest -q tests
+
+# The unit and structure tests: no training loops, tools or processes (tests marked slow).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
 
 # Quick start: train a small SSD from scratch on the generated digits, evaluate it with the COCO
 # evaluator, draw ground truth | predictions for validation images and plot the training curves.

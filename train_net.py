@@ -5,7 +5,10 @@ python train_net.py --config-file configs/PascalVOC-Detection/ssd300_vgg16.yaml 
 python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 
 ``--num-gpus N`` starts N processes (on a machine without a GPU, N CPU processes over gloo);
-``--num-machines``, ``--machine-rank`` and ``--dist-url`` spread them over machines.
+``--num-machines``, ``--machine-rank`` and ``--dist-url`` spread them over machines. One-machine
+jobs take a free port unless ``--dist-url`` is given, so several can share a machine
+(:mod:`dssd_d2.engine.distributed`). tools/lazyconfig_train_net.py is the same run for the
+LazyConfig (.py) configs.
 """
 
 from detectron2.checkpoint import DetectionCheckpointer

@@ -73,6 +73,15 @@ def _link(path: str, page: str) -> str:
     return os.path.relpath(os.path.join(ROOT, path), os.path.dirname(os.path.join(ROOT, page)))
 
 
+def _how(record, page) -> str:
+    """A link to what trained the run: our config, or the peer tool (given the config of the run
+    it stood beside only for that run's data)."""
+    path = record["config_file"]
+    if record["tool"].startswith("peer_"):
+        path = "tools/" + record["tool"]
+    return f"[{os.path.basename(path)}]({_link(path, page)})"
+
+
 def _per_class_ap50(metrics) -> str:
     classes = sorted(k[len("bbox/AP50-"):] for k in metrics if k.startswith("bbox/AP50-"))
     return ", ".join(f"{c} {metrics['bbox/AP50-' + c]:.1f}" for c in classes)
@@ -90,8 +99,7 @@ def _cpu_30min(records, page):
         peer = by_path.get(r.get("peer", ""))
         ratio = f"{m['bbox/AP'] / _test_metrics(peer)[1]['bbox/AP']:.2f}x" if peer else ""
         rows.append(
-            f"| {dataset} | {r['label']} | [{os.path.basename(r['config_file'])}]"
-            f"({_link(r['config_file'], page)}) | {_cpu(r)} | {r['date'][:10]} "
+            f"| {dataset} | {r['label']} | {_how(r, page)} | {_cpu(r)} | {r['date'][:10]} "
             f"| {r['training_minutes']:.1f} | {r['iterations']} x {r['batch_size']} "
             f"| {m['bbox/AP']:.1f} | {m['bbox/AP50']:.1f} | {m['bbox/AP75']:.1f} "
             f"| {_per_class_ap50(m)} | {ratio} "

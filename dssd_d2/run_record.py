@@ -153,8 +153,9 @@ class RunRecordHook(HookBase):
             return
         if self._clock:
             minutes = self._clock.elapsed / 60.0
-        else:  # IterationTimer's step times
-            minutes = sum(t for t, _ in trainer.storage.history("time").values()) / 60.0
+        else:  # IterationTimer's step times (none in a run shorter than its 3 warm-up steps)
+            times = trainer.storage.histories().get("time")
+            minutes = sum(t for t, _ in times.values()) / 60.0 if times else None
         record = make_run_record(
             **self._describe,
             results=self._results(trainer) or {},

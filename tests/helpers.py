@@ -24,10 +24,12 @@ from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import HookBase
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 import dssd_d2
@@ -73,6 +75,38 @@ def tiny_ssd300_cfg(num_classes=3):
     cfg.MODEL.SSD.NUM_CLASSES = num_classes
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+def tiny_lazy_ssd300_cfg(dataset, output_dir, overrides=()):
+    """The LazyConfig twin of tiny_ssd300_cfg (configs/PascalVOC-Detection/ssd300_vgg16.py
+    with the same narrow layers), 3 classes, trained and tested on ``dataset``, on the CPU, with
+    no evaluator; then ``overrides`` ("key=value")."""
+    from detectron2.config import LazyConfig
+    from detectron2.layers import ShapeSpec
+
+    cfg = LazyConfig.load(os.path.join(CONFIGS, "PascalVOC-Detection/ssd300_vgg16.py"))
+    tiny = dict(zip(TINY_SSD300_OPTS[::2], TINY_SSD300_OPTS[1::2]))
+    cfg = LazyConfig.apply_overrides(
+        cfg,
+        [
+            f"model.backbone.conv_dims={tiny['MODEL.VGG.CONV_DIMS']}",
+            f"model.backbone.fc_dim={tiny['MODEL.VGG.FC_DIM']}",
+            f"model.backbone.extras.conv_dims={tiny['MODEL.SSD_EXTRAS.CONV_DIMS']}",
+            "model.num_classes=3",
+            f"dataloader.train.dataset.names={dataset}",
+            f"dataloader.test.dataset.names={dataset}",
+            "dataloader.train.total_batch_size=2",
+            "dataloader.train.num_workers=0",
+            "dataloader.test.num_workers=0",
+            "train.init_checkpoint=''",
+            "train.device=cpu",
+            f"train.output_dir={output_dir}",
+            *overrides,
+        ],
+    )
+    cfg.model.head.input_shape = [ShapeSpec(channels=16)] * 6
+    cfg.dataloader.pop("evaluator")
     return cfg
 
 
@@ -304,10 +338,10 @@ def write_voc_dataset(folder, class_names, split="test", num_images=6, size=(60,
 
 
 # ---------------------------------------------------------------- training
-def train_and_track(cfg, output_dir):
+def train_and_track(cfg, output_dir, seed=0):
     """Train ``cfg`` with SSDTrainer from scratch; return the trainer and the weights that moved.
     Seeded, so that the batches, and which levels get matched priors, are the same every run."""
-    seed_all_rng(0)
+    seed_all_rng(seed)
     cfg.OUTPUT_DIR = str(output_dir)
     trainer = SSDTrainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -316,6 +350,24 @@ def train_and_track(cfg, output_dir):
     assert trainer.iter == cfg.SOLVER.MAX_ITER
     changed = {k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])}
     return trainer, changed
+
+
+def weights_norm(tensors):
+    return float(sum(t.double().norm() ** 2 for t in tensors) ** 0.5)
+
+
+def assert_same_training(init, got, want, rtol=1e-4, atol=1e-5):
+    """``got`` and ``want`` (state dicts trained from ``init``) are the same weights within float
+    tolerance, and their differences are float noise (1e-3) next to how far training moved
+    ``want``. Running variances and batch counters are left out: naiveSyncBN's variance is the
+    biased one and BatchNorm's (one process) the unbiased one. Returns the keys compared."""
+    compared = [k for k in want if not k.endswith(("running_var", "num_batches_tracked"))]
+    for key in compared:
+        torch.testing.assert_close(got[key], want[key], rtol=rtol, atol=atol, msg=key)
+    moved = weights_norm(want[k] - init[k] for k in compared if k in init)
+    assert moved > 0, "training did not move the weights"
+    assert weights_norm(got[k] - want[k] for k in compared) < 1e-3 * moved
+    return compared
 
 
 # ---- comparing models: folding, export and equivalence tests
@@ -421,16 +473,76 @@ train_net.launch_from_args(worker, train_net.default_argument_parser().parse_arg
 
 
 def main_with_random_dataset(name, folder, dataset_kwargs, args):
-    """train_net.main in one process, after registering the random dataset there."""
+    """train_net.main in one process, after registering the random dataset there (and
+    installing the test hooks that start_train_net's ``hooks`` asked for)."""
     register_random_dataset(name, folder, **dataset_kwargs)
+    install_test_hooks()
     import train_net
 
     return train_net.main(args)
 
 
-def start_train_net(folder, log, *args, dataset="dssd_d2_test_random", **dataset_kwargs):
+# Environment variables through which a test asks the processes of a train_net.py run for:
+# fake training clocks ("30,60": each step lasts 30 s in process 0, 60 s in process 1), and a
+# SIGKILL of the launcher right after the checkpoint of an iteration is written.
+STEP_SECONDS_ENV = "DSSD_D2_TEST_STEP_SECONDS"
+KILL_AFTER_ENV = "DSSD_D2_TEST_KILL_AFTER_CHECKPOINT"
+
+
+class FakeTime:
+    """Stands for the ``time`` module of dssd_d2.engine.time_budget: each perf_counter read
+    advances ``step_seconds``, so the training clock counts ``step_seconds`` per step."""
+
+    def __init__(self, step_seconds):
+        self.step_seconds = step_seconds
+        self._reads = itertools.count()
+
+    def perf_counter(self):
+        return next(self._reads) * self.step_seconds
+
+
+def fake_training_clock(step_seconds):
+    """Make this process's training clock count ``step_seconds`` per step."""
+    from dssd_d2.engine import time_budget
+
+    time_budget.time = FakeTime(step_seconds)
+
+
+class KillLauncherAfterCheckpoint(HookBase):
+    """In the main process, SIGKILL the launcher (this process when it is the only one) right
+    after the checkpoint of ``iteration`` is on disk: register it after the checkpointer. The
+    main process then waits for the SIGINT that torch sends a dead launcher's workers, so that
+    no later checkpoint is written."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration and comm.is_main_process():
+            launcher = os.getppid() if comm.get_world_size() > 1 else os.getpid()
+            os.kill(launcher, signal.SIGKILL)
+            time.sleep(600)
+
+
+def install_test_hooks():
+    """What STEP_SECONDS_ENV and KILL_AFTER_ENV ask for, in this training process."""
+    if os.environ.get(STEP_SECONDS_ENV):
+        seconds = [float(s) for s in os.environ[STEP_SECONDS_ENV].split(",")]
+        fake_training_clock(seconds[comm.get_rank() % len(seconds)])
+    if os.environ.get(KILL_AFTER_ENV):
+        from dssd_d2.engine import AssembledTrainer
+
+        build_hooks = AssembledTrainer.build_hooks
+        kill = KillLauncherAfterCheckpoint(int(os.environ[KILL_AFTER_ENV]))
+        AssembledTrainer.build_hooks = lambda trainer: build_hooks(trainer) + [kill]
+
+
+def start_train_net(
+    folder, log, *args, dataset="dssd_d2_test_random", hooks=None, **dataset_kwargs
+):
     """Start ``train_net.py *args`` (one thread per process, output to ``log``) with the random
-    dataset ``dataset`` (``register_random_dataset(dataset, folder, **dataset_kwargs)``)."""
+    dataset ``dataset`` (``register_random_dataset(dataset, folder, **dataset_kwargs)``);
+    ``hooks``: {STEP_SECONDS_ENV or KILL_AFTER_ENV: value} for install_test_hooks."""
     code = LAUNCHER.format(
         root=ROOT,
         tests=os.path.join(ROOT, "tests"),
@@ -438,7 +550,7 @@ def start_train_net(folder, log, *args, dataset="dssd_d2_test_random", **dataset
         folder=str(folder),
         kwargs=dataset_kwargs,
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(hooks or {}))
     command = [sys.executable, "-c", code, *args]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -494,47 +606,48 @@ def _alive(pid):
         return False
 
 
-def kill_and_resume(tmp_path, cfg, *launch_args):
-    """Run train_net.py on ``cfg`` (plus ``launch_args``, e.g. --num-gpus 2), SIGKILL it once a
-    checkpoint is on disk, check that no process it started outlives it, then run it again
-    with --resume: it must end where an uninterrupted run would, with a finite, loadable final
-    checkpoint. Returns the resumed run's log."""
+def kill_and_resume(tmp_path, cfg, *launch_args, kill_after, hooks=None, end=None):
+    """Run train_net.py on ``cfg`` (plus ``launch_args``, e.g. --num-gpus 2), SIGKILL its
+    launcher right after the checkpoint of iteration ``kill_after`` is written (a hook in the
+    run: no race with a clock), check that no process it started outlives it, then run it
+    again with --resume: it must end where an uninterrupted run would (after iteration ``end``,
+    default SOLVER.MAX_ITER), with a finite, loadable final checkpoint. ``hooks``: more test
+    hooks for both runs (start_train_net). Returns the resumed run's log."""
     cfg_file = str(tmp_path / "tiny.yaml")
     with open(cfg_file, "w") as f:
         f.write(cfg.dump())
     out = cfg.OUTPUT_DIR
+    end = cfg.SOLVER.MAX_ITER if end is None else end
 
+    killing = {**(hooks or {}), KILL_AFTER_ENV: str(kill_after)}
     with open(tmp_path / "first.log", "wb") as log:
-        first = start_train_net(tmp_path, log, "--config-file", cfg_file, *launch_args)
-        deadline = time.time() + 600  # only bounds a hang: a busy machine can be very slow
-        while not os.path.exists(os.path.join(out, "last_checkpoint")):
-            assert first.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.time() < deadline, "no checkpoint within 600 s"
+        first = start_train_net(
+            tmp_path, log, "--config-file", cfg_file, *launch_args, hooks=killing
+        )
+        children, deadline = set(), time.time() + 600  # only bounds a hang on a busy machine
+        while first.poll() is None:
+            children.update(_children(first.pid))
+            assert time.time() < deadline, "the run was not killed within 600 s"
             time.sleep(0.05)
-        assert first.poll() is None, "the run ended before it could be killed"
-        children = _children(first.pid)
-        os.kill(first.pid, signal.SIGKILL)
-        assert first.wait() == -signal.SIGKILL
+        assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()
     deadline = time.time() + 30
     while any(_alive(pid) for pid in children):  # workers must not train on as orphans
         assert time.time() < deadline, f"processes {children} outlived their launcher"
         time.sleep(0.05)
-    killed_at = last_checkpoint(out)
-    assert killed_at != "model_final.pth" and not os.path.exists(
-        os.path.join(out, "model_final.pth")
-    )
-    resume_from = int(killed_at[len("model_") : -len(".pth")]) + 1
+    assert last_checkpoint(out) == f"model_{kill_after:07d}.pth"
+    assert not os.path.exists(os.path.join(out, "model_final.pth"))
+    resume_from = kill_after + 1
 
     with open(tmp_path / "resumed.log", "wb") as log:
         resumed = start_train_net(
-            tmp_path, log, "--config-file", cfg_file, "--resume", *launch_args
+            tmp_path, log, "--config-file", cfg_file, "--resume", *launch_args, hooks=hooks
         )
         assert resumed.wait(timeout=900) == 0, (tmp_path / "resumed.log").read_text()
     resumed_log = (tmp_path / "resumed.log").read_text()
     assert f"Starting training from iteration {resume_from}" in resumed_log
     assert last_checkpoint(out) == "model_final.pth"
     final = torch.load(os.path.join(out, "model_final.pth"))
-    assert final["iteration"] == cfg.SOLVER.MAX_ITER - 1  # what an uninterrupted run saves
+    assert final["iteration"] == end - 1  # what an uninterrupted run saves
     assert_finite_checkpoint(os.path.join(out, "model_final.pth"))
 
     model = build_model(cfg)

@@ -353,6 +353,7 @@ def _register_with_bad_files(name, folder, bad):
     return name
 
 
+@pytest.mark.slow
 def test_training_skips_bad_images_and_logs_the_count(tmp_path):
     """With a DataLoader worker, the skips happen in another process and still reach the
     logged metrics."""
@@ -374,6 +375,7 @@ def test_training_skips_bad_images_and_logs_the_count(tmp_path):
     assert records[-1]["data/skipped_images"] >= 1
 
 
+@pytest.mark.slow
 def test_evaluation_raises_by_default_or_leaves_bad_images_out(tmp_path):
     name = _register_with_bad_files("dssd_d2_test_bad_files_eval", str(tmp_path), bad=2)
     cfg = tiny_ssd300_cfg()

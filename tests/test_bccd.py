@@ -4,6 +4,7 @@ Detectron2's Pascal VOC evaluator. Skipped when the data is absent."""
 import logging
 
 import numpy as np
+import pytest
 import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -52,6 +53,7 @@ def test_mapper_on_every_bccd_image_gives_valid_boxes(bccd_root):
         assert (out["instances"].gt_classes < 3).all()
 
 
+@pytest.mark.slow
 def test_tiny_ssd_trains_and_evaluates_on_bccd(bccd_root, tmp_path):
     register_bccd(bccd_root)
     cfg = tiny_ssd300_cfg(num_classes=3)

@@ -117,4 +117,6 @@ def test_weights_that_blow_up_are_not_checkpointed(tmp_path):
 
 
 def test_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
-    kill_and_resume(tmp_path, tiny_run_cfg(tmp_path, max_iter=200, checkpoint_period=5))
+    # Killed right after the checkpoint of iteration 7 (of 3, 7 and the final one).
+    cfg = tiny_run_cfg(tmp_path, max_iter=12, checkpoint_period=4)
+    kill_and_resume(tmp_path, cfg, kill_after=7)

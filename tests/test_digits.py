@@ -98,6 +98,7 @@ def test_registered_on_import_with_coco_metadata():
         assert metadata.evaluator_type == "coco" and len(metadata.thing_classes) == 10
 
 
+@pytest.mark.slow
 def test_quickstart_config_trains_and_evaluates(tmp_path, small_digits):
     register_digits(str(tmp_path / "data"), prefix="tiny_digits")
     assert MetadataCatalog.get("tiny_digits_val").evaluator_type == "coco"

@@ -3,7 +3,7 @@
 synchronised BatchNorm, gradient accumulation), evaluate to the same AP, sum their skipped
 images, refuse to resume from different checkpoints; a killed two-process train_net.py run
 resumes to the end; BatchNorms that would crash at one image per process are refused at build
-time, and each model family trains at one image per process with the README's settings."""
+time, and each model family trains at one image per process with the settings of docs/distributed.md."""
 
 import atexit
 import os
@@ -14,13 +14,17 @@ import torch
 from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from dssd_d2.engine import SSDTrainer
-from dssd_d2.engine.distributed import check_batch_norm_batches, create_ddp_model, launch
+from dssd_d2.checks import check_batch_norm_batches
+from dssd_d2.engine import distributed
+from dssd_d2.engine.distributed import create_ddp_model, launch, launch_from_args
 
 from helpers import (
+    assert_same_training,
     kill_and_resume,
     make_cfg,
     register_random_dataset,
@@ -155,23 +159,9 @@ def _one_process(folder, variant):
     return _final_weights(cfg)
 
 
-def _norm(tensors):
-    return float(sum(t.double().norm() ** 2 for t in tensors) ** 0.5)
-
-
-def _assert_same_training(folder, got, want, rtol=1e-4, atol=1e-5):
-    """Same weights within float tolerance, and the differences are float noise next to what
-    the training steps changed."""
+def _assert_same_training(folder, got, want, **tolerance):
     init = torch.load(os.path.join(folder, "init.pth"))["model"]
-    # naiveSyncBN's running variance is the biased one and BatchNorm's (one process) the
-    # unbiased one; parameters and running means agree.
-    compared = [k for k in want if not k.endswith(("running_var", "num_batches_tracked"))]
-    for key in compared:
-        torch.testing.assert_close(got[key], want[key], rtol=rtol, atol=atol, msg=key)
-    # and the differences are float noise next to what the three steps changed
-    moved = _norm(want[k] - init[k] for k in compared if k in init)
-    assert _norm(got[k] - want[k] for k in compared) < 1e-3 * moved
-    return compared
+    return assert_same_training(init, got, want, **tolerance)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -275,12 +265,26 @@ def test_launch_joins_gloo_threads_before_the_interpreter_exits(tmp_path):
 
 
 def test_two_process_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
-    # 200 iterations of 0.07 s: the run outlasts the kill by seconds on a busy machine. (The CI
-    # failures that prompted this were workers ignoring SIGINT under a backgrounded launcher,
-    # fixed in launch.)
-    cfg = tiny_run_cfg(tmp_path, max_iter=200, checkpoint_period=5)
-    log = kill_and_resume(tmp_path, cfg, "--num-gpus", "2", "--dist-url", "auto")
+    # The launcher is killed right after the checkpoint of iteration 7 (of 3, 7 and the final).
+    cfg = tiny_run_cfg(tmp_path, max_iter=12, checkpoint_period=4)
+    log = kill_and_resume(tmp_path, cfg, "--num-gpus", "2", "--dist-url", "auto", kill_after=7)
     assert "Rank of current process: 0. World size: 2" in log
+
+
+def test_one_machine_jobs_take_a_free_port_unless_given_one(monkeypatch):
+    """Detectron2's default --dist-url is one port per user: a second job of the same user on
+    the machine would fail with EADDRINUSE."""
+    urls = []
+    monkeypatch.setattr(distributed, "d2_launch", lambda *args, **kw: urls.append(kw["dist_url"]))
+    parser = default_argument_parser()
+    given = "tcp://127.0.0.1:1234"
+    for argv in (
+        ["--num-gpus", "2"],
+        ["--num-gpus", "2", "--dist-url", given],
+        ["--num-machines", "2"],
+    ):
+        launch_from_args(print, parser.parse_args(argv))
+    assert urls == ["auto", given, parser.get_default("dist_url")]
 
 
 # ---------------------------------------------------------------- one image per process
@@ -316,32 +320,37 @@ def test_batch_norm_check_names_layers_that_no_key_builds():
     model = SSDTrainer.build_model(cfg)
     model.backbone.extras.levels[3][2].norm = nn.BatchNorm2d(64)  # a BatchNorm put in by code
     with pytest.raises(ValueError) as error:
-        check_batch_norm_batches(cfg, model)
+        check_batch_norm_batches(model, SSDTrainer.training_setup(cfg))
     assert (
         "built by code with no *.NORM key (backbone.extras.levels.3.2.norm: BatchNorm whatever "
         "the config; MODEL.SSD.FREEZE can freeze them). Fixes"
     ) in str(error.value)
 
 
+def _check_batch_norms(cfg):
+    check_batch_norm_batches(SSDTrainer.build_model(cfg), SSDTrainer.training_setup(cfg))
+
+
 def test_batch_norm_check_counts_images_and_processes(monkeypatch):
     cfg = _bn_ssd300_cfg()
     model = SSDTrainer.build_model(cfg)
     cfg.SOLVER.IMS_PER_BATCH = 2
-    check_batch_norm_batches(cfg, model)  # 2 values per channel on the 1x1 map
+    setup = SSDTrainer.training_setup(cfg)
+    check_batch_norm_batches(model, setup)  # 2 values per channel on the 1x1 map
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)  # 2 processes, one image each
     with pytest.raises(ValueError, match=r"1 image\(s\) per process .* over 2 process"):
-        check_batch_norm_batches(cfg, model)
+        check_batch_norm_batches(model, setup)
     cfg.MODEL.SSD_EXTRAS.NORM = "naiveSyncBN"  # statistics over both processes: 2 values
-    check_batch_norm_batches(cfg, SSDTrainer.build_model(cfg))
+    _check_batch_norms(cfg)
     cfg.MODEL.SSD_EXTRAS.NORM = "SyncBN"  # torch.nn.SyncBatchNorm: GPU only
     with pytest.raises(
         ValueError, match=r"levels.0.0.norm: torch.nn.SyncBatchNorm, which runs only"
     ):
-        check_batch_norm_batches(cfg, SSDTrainer.build_model(cfg))
+        _check_batch_norms(cfg)
 
 
 def _family_cfg(family):
-    """A narrow model of each family with the README's settings for one image per process."""
+    """A narrow model of each family with the settings of docs/distributed.md for one image per process."""
     if family == "SSD300":
         cfg = _bn_ssd300_cfg()
         cfg.MODEL.SSD_EXTRAS.NORM = "GN"

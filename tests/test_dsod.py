@@ -102,7 +102,7 @@ def test_plain_table1_backbone_and_the_papers_1x1_last_map():
     "config_file, ours, paper, tolerance",
     [
         # Plain: the paper gives no widths for its plain layers; with SSD300's extra-layer
-        # widths and Table 1's 1568-channel source we are 4.6% above (see docs/dsod_notes.md).
+        # widths and Table 1's 1568-channel source we are 4.6% above (see docs/papers.md).
         ("PascalVOC-Detection/dsod300_plain.yaml", 19.032, 18.2, 0.05),
         ("PascalVOC-Detection/dsod300_smallest.yaml", 5.833, 5.9, 0.015),
     ],
@@ -128,6 +128,7 @@ def test_from_scratch_init_norm_from_config_and_l2norm_on_every_source():
     assert len(l2norms) == 6 and all(torch.all(m.weight == 20.0) for m in l2norms)
 
 
+@pytest.mark.slow
 def test_shrunk_dsod_trains_with_accumulation_and_evaluates(tmp_path):
     name = "dssd_d2_test_dsod_cells"
     register_cells_dataset(name, str(tmp_path))

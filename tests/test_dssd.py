@@ -204,6 +204,7 @@ def test_decoder_rejects_sizes_it_cannot_match():
 
 
 # ---------------------------------------------------------------- shrunk models that train
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config_file, prediction_module, combine",
     [
@@ -378,6 +379,7 @@ def test_backbones_own_their_outputs():
     assert list(standalone.output_shape()) == ["res3", "res5", "res6", "res7", "res8", "res9"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     "KERNEL_SIZES" not in make_cfg().MODEL.SSD_HEAD,
     reason="needs MODEL.SSD_HEAD.KERNEL_SIZES / PREDICTION_MODULE_DIMS_PER_LEVEL (heads.py)",
@@ -460,6 +462,7 @@ def _train(cfg, output_dir, dataset):
     return trainer
 
 
+@pytest.mark.slow
 def test_shrunk_ssd_then_dssd_train_and_evaluate(tmp_path, random_dataset):
     torch.manual_seed(0)
     ssd = _train(tiny_resnet_cfg(SSD321), str(tmp_path / "ssd"), random_dataset)
@@ -475,6 +478,7 @@ def test_shrunk_ssd_then_dssd_train_and_evaluate(tmp_path, random_dataset):
     assert "AP" in results["bbox"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config_file, size", [("Misc/retinanet_dssd_R_101.yaml", 321), ("Misc/ssd_R_50_FPN.yaml", 256)]
 )

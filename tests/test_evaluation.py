@@ -48,6 +48,7 @@ def assert_every_class_at_100(results, dataset_name):
     )
 
 
+@pytest.mark.slow
 def test_builtin_digits(datasets_root, tmp_path):
     assert_every_class_at_100(evaluate_ground_truth("digits_val", tmp_path), "digits_val")
 
@@ -58,6 +59,7 @@ def test_digits_with_a_custom_prefix(tmp_path, small_digits):
     assert_every_class_at_100(results, "ap100_digits_val")
 
 
+@pytest.mark.slow
 def test_bccd(bccd_root, tmp_path):
     register_bccd(bccd_root)  # registered on import too; the fixture skips without the data
     assert_every_class_at_100(evaluate_ground_truth("bccd_test", tmp_path), "bccd_test")
@@ -74,7 +76,7 @@ def test_voc_folder(tmp_path):
     classes = ["cat", "bus", "ant"]
     write_voc_dataset(tmp_path, classes, split="test")
     register_pascal_voc("ap100_voc", str(tmp_path), "test", 2007, classes)
-    MetadataCatalog.get("ap100_voc").evaluator_type = "pascal_voc"  # as datasets/README.md says
+    MetadataCatalog.get("ap100_voc").evaluator_type = "pascal_voc"  # as docs/custom_data.md says
     results = evaluate_ground_truth("ap100_voc", tmp_path / "out")
     assert_every_class_at_100(results, "ap100_voc")
 

@@ -73,6 +73,7 @@ def run_tool(name, *args):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_export_tool_writes_torchscript(tmp_path):
     output = tmp_path / "ssd.ts"
     config = os.path.join(ROOT, "configs", "Base-SSD.yaml")
@@ -85,6 +86,7 @@ def test_export_tool_writes_torchscript(tmp_path):
     assert len(outputs) == len(OUTPUT_NAMES)
 
 
+@pytest.mark.slow
 def test_benchmark_tool_writes_every_figure(tmp_path):
     output = tmp_path / "benchmark.json"
     config = os.path.join(ROOT, "configs", "Base-SSD.yaml")

@@ -66,7 +66,7 @@ def _registrations(datasets_root):
 
 
 def test_import_registers_every_part_and_built_in_dataset(tmp_path):
-    """Exactly these: a new registration must be listed here (and in the README)."""
+    """Exactly these: a new registration must be listed here (and in docs/design.md)."""
     (tmp_path / "BCCD").mkdir()  # BCCD registers when its folder exists; nothing is read yet
     registered = _registrations(tmp_path)
     bccd = [f"bccd_{split}" for split in ("test", "train", "trainval", "val")]

@@ -1,7 +1,7 @@
 """The LazyConfig (Python) configs build the same models as their YAML twins, and a tiny
 variant trains and evaluates through tools/lazyconfig_train_net.py's flow."""
 
-import importlib.util
+import json
 import os
 
 import pytest
@@ -10,12 +10,12 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 
 from detectron2.config import LazyConfig, LazyCall as L, instantiate
 from detectron2.evaluation import COCOEvaluator
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
 from dssd_d2.analysis import default_boxes
+from dssd_d2.engine import LazyConfigTrainer
 
-from helpers import CONFIGS, ROOT, TINY_SSD300_OPTS, make_cfg, register_random_dataset
+from helpers import CONFIGS, make_cfg, register_random_dataset, tiny_lazy_ssd300_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -52,56 +52,47 @@ def test_lazy_config_builds_its_yaml_twin(lazy_file):
     assert actual.pixel_mean.flatten().tolist() == pytest.approx(yaml_cfg.MODEL.PIXEL_MEAN)
 
 
-def load_tool():
-    path = os.path.join(ROOT, "tools", "lazyconfig_train_net.py")
-    spec = importlib.util.spec_from_file_location("lazyconfig_train_net", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def tiny_lazy_cfg(tmp_path, overrides=()):
     """The tiny SSD300 of the YAML tests (same keys), 3 classes, on a random dataset."""
     name = register_random_dataset("dssd_d2_test_lazy", tmp_path, num_images=4)
-    cfg = load_lazy("PascalVOC-Detection/ssd300_vgg16.py")
-    tiny = dict(zip(TINY_SSD300_OPTS[::2], TINY_SSD300_OPTS[1::2]))
-    cfg = LazyConfig.apply_overrides(
-        cfg,
-        [
-            f"model.backbone.conv_dims={tiny['MODEL.VGG.CONV_DIMS']}",
-            f"model.backbone.fc_dim={tiny['MODEL.VGG.FC_DIM']}",
-            f"model.backbone.extras.conv_dims={tiny['MODEL.SSD_EXTRAS.CONV_DIMS']}",
-            "model.num_classes=3",
-            f"dataloader.train.dataset.names={name}",
-            f"dataloader.test.dataset.names={name}",
-            "dataloader.train.total_batch_size=2",
-            "dataloader.train.num_workers=0",
-            "dataloader.test.num_workers=0",
-            "train.init_checkpoint=''",
-            "train.device=cpu",
-            f"train.output_dir={tmp_path / 'out'}",
-            *overrides,
-        ],
-    )
-    cfg.model.head.input_shape = [ShapeSpec(channels=16)] * 6
+    cfg = tiny_lazy_ssd300_cfg(name, tmp_path / "out", overrides)
     cfg.dataloader.evaluator = L(COCOEvaluator)(
         dataset_name=name, tasks=("bbox",), output_dir=str(tmp_path / "eval")
     )
     return cfg
 
 
+def train_lazy(cfg, record=False):
+    """Train ``cfg`` as tools/lazyconfig_train_net.py does (with its run record if asked)."""
+    trainer = LazyConfigTrainer(cfg)
+    if record:
+        trainer.register_hooks([trainer.run_record_hook("tiny.py", ["train.max_iter=2"])])
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer
+
+
 def test_tiny_ssd300_trains_and_evaluates_through_the_lazy_flow(tmp_path):
     cfg = tiny_lazy_cfg(tmp_path, ["train.max_iter=2", "train.accumulation_steps=2"])
-    tool = load_tool()
-    trainer = tool.do_train(cfg)
-    assert type(trainer).__name__ == "GradientAccumulationTrainer" and trainer.iter == 2
+    trainer = train_lazy(cfg, record=True)
+    assert type(trainer._trainer).__name__ == "GradientAccumulationTrainer"
+    assert trainer.iter == 2
     losses = [value for value, _ in trainer.storage.history("total_loss").values()]
     assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all()
     assert trainer.storage.history("data/skipped_images").latest() == 0
-    assert "bbox/AP50" in trainer.storage.latest()  # the EvalHook ran do_test after training
+    assert "bbox/AP50" in trainer.storage.latest()  # the EvalHook ran the test after training
     assert os.path.isfile(tmp_path / "out" / "model_final.pth")
     assert os.path.isfile(tmp_path / "out" / "metrics.json")
-    results = tool.do_test(cfg, trainer.model)
+    # The run record of train_net.py, for this tool, config and overrides, with the final AP.
+    with open(tmp_path / "out" / "run_record.json") as f:
+        record = json.load(f)
+    assert record["tool"] == "lazyconfig_train_net.py" and record["config_file"] == "tiny.py"
+    assert record["overrides"] == ["train.max_iter=2"] and record["iterations"] == 2
+    assert record["settings"]["accumulation_steps"] == 2 and record["model"] == "VGGSSD"
+    assert record["metrics"]["dssd_d2_test_lazy"]["bbox/AP50"] == pytest.approx(
+        trainer.storage.latest()["bbox/AP50"][0]
+    )
+    results = LazyConfigTrainer.test(cfg, trainer.model)
     assert {"AP", "AP50", "AP75"} <= set(results["bbox"])
 
 
@@ -109,7 +100,7 @@ def test_lazy_flow_trains_for_its_minutes(tmp_path, fake_clock):
     cfg = tiny_lazy_cfg(tmp_path, ["train.max_iter=100", "train.max_training_minutes=2.0"])
     cfg.lr_multiplier = L(CosineParamScheduler)(start_value=1.0, end_value=0.0)
     cfg.dataloader.pop("evaluator")
-    trainer = load_tool().do_train(cfg)
+    trainer = train_lazy(cfg)
     assert trainer.iter == 4  # four 30-second steps of the 100, then the final checkpoint
     # The cosine ran over the two minutes, not over train.max_iter, and reached its end.
     lrs = [lr for lr, _ in trainer.storage.history("lr").values()]

@@ -28,6 +28,7 @@ def test_yolo_labels_are_normalised_centres_and_drop_boxes_without_area(caplog):
     assert "cells.jpg: c box [30, 30, 30, 60] has no area" in caplog.text
 
 
+@pytest.mark.slow
 def test_peer_yolo_trains_from_scratch_offline_and_scores_with_our_evaluator(tmp_path, monkeypatch):
     pytest.importorskip("ultralytics", reason="the optional 'peer' extra: pip install -e '.[peer]'")
     monkeypatch.chdir(tmp_path)  # Ultralytics may write beside the working directory

@@ -103,6 +103,7 @@ def test_bccd_fitted_priors_match_more_platelets(bccd_root):
     assert unmatched[1][platelets] < unmatched[0][platelets]
 
 
+@pytest.mark.slow
 def test_tool_prints_overrides_that_load(tmp_path):
     write_voc_dataset(tmp_path, ["cat", "bus"], split="trainval", size=(120, 160))
     config = os.path.join(CONFIGS, "custom", "tiny_dsod256_cpu.yaml")

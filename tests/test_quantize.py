@@ -33,7 +33,7 @@ from helpers import (  # noqa: E402
     random_image,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 
 
 def calibrated_random_model(family):
@@ -84,13 +84,13 @@ def cosine(a, b):
 TOLERANCES = {
     "ssd300": (0.9, 9, 0.7, 0.1, 30),
     "dsod300": (0.9, 9, 0.7, 0.1, 30),
-    "dssd321": (0.7, 5, 0.5, 1.0, 200),
+    "dssd321": (0.7, 5, 0.5, 0.5, 200),
 }
 # On a CPU without VNNI or AMX int8 the weights are quantized to half the 8-bit range (NNCF's
 # overflow fix, quantize_network): the shrunk DSSD's outputs then measured cosine 0.65 on an AVX2
 # EPYC, where SSD and DSOD keep their tolerances (they lost a tenth detection without the fix).
 if not cpu.has_int8_dot_product():
-    TOLERANCES["dssd321"] = (0.6, 5, 0.5, 1.0, 200)
+    TOLERANCES["dssd321"] = (0.6, 5, 0.5, 0.5, 200)
 
 
 @pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
@@ -105,12 +105,14 @@ def test_int8_agrees_with_float32(quantized, family):
     come back among int8's best 30 with the same class, IoU >= 0.7 and a score within 0.1
     (measured: within 0.05). Not all ten: random-weight scores are near ties (the ten best of
     the shrunk SSD300 lie within 0.03), so NMS may keep a neighbouring box instead (measured: a
-    box at IoU 0.5-0.7 with the missed one, score 0.02 apart, on one image in three). The shrunk DSSD (ResNet-50 with 4-channel bottlenecks, 50 layers, then products in
-    the decoder) is the worst case: even bf16 keeps only about 15 dB of signal-to-noise on it,
+    box at IoU 0.5-0.7 with the missed one, score 0.02 apart, on one image in three). The
+    shrunk DSSD (ResNet-50 with 4-channel bottlenecks, 50 layers, then products in the
+    decoder) is the worst case: even bf16 keeps only about 15 dB of signal-to-noise on it,
     int8 about 7 dB, so its outputs are measured at cosine 0.77-0.97 per level; the ranking of
     its near-uniform scores moves (only 2 of float32's ten best were among int8's best 30 on
     one image), so for DSSD the detection check is the weak one: 5 of the ten best found among
-    all int8 detections, same class, IoU >= 0.5 (measured 7 to 10), and the cosine carries it."""
+    all int8 detections, same class, IoU >= 0.5 (measured 7 to 10), their scores within 0.5
+    (measured 0.09, 0.14 and 0.40 on the three images, AMX Xeon), and the cosine carries it."""
     min_cosine, min_reproduced, iou, max_score_difference, candidates = TOLERANCES[family]
     cfg, model, _, int8 = quantized(family)
     size = cfg.INPUT.FIXED_SIZE

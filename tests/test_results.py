@@ -63,6 +63,7 @@ def test_tables_are_rendered_between_markers_with_ratios_against_the_peer(tmp_pa
     assert "| bccd_test | YOLO11n | Xeon AMX | 2 | 45.0 (40.0-50.0) |" in summary
 
 
+@pytest.mark.slow
 def test_a_page_without_the_markers_and_a_bad_record_are_named(tmp_path, monkeypatch):
     import dssd_d2.results as results
 
@@ -78,6 +79,7 @@ def test_a_page_without_the_markers_and_a_bad_record_are_named(tmp_path, monkeyp
         load_record(str(broken))
 
 
+@pytest.mark.slow
 def test_a_finished_run_writes_its_record_and_add_result_keeps_it(tmp_path, monkeypatch):
     name = register_random_dataset("record_random", tmp_path, num_images=2)
     cfg = tiny_ssd300_cfg()

@@ -123,6 +123,7 @@ def test_registered_on_import_with_coco_metadata():
         assert metadata.evaluator_type == "coco" and len(metadata.thing_classes) == 10
 
 
+@pytest.mark.slow
 def test_ssd_dssd_stages_and_longer_ssd_configs_chain(tmp_path, small_splits):
     """The four SmallDigits configs (narrower), two iterations each on 12 images: SSD; DSSD
     stage 1 from its checkpoint (SSD frozen, predictors fresh); stage 2 from stage 1 (all

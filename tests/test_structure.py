@@ -1,11 +1,16 @@
-"""Full-size structure: parameter counts against the SSD paper's models; every config builds."""
+"""Full-size structure: parameter counts against the SSD paper's models; every config builds and
+predicts one set of scores and box deltas per prior."""
 
 import glob
 import os
 
 import pytest
+import torch
 
 from detectron2.modeling import build_model
+
+from dssd_d2.modeling.meta_arch import SSD
+from dssd_d2.shapes import meta_call
 
 from helpers import CONFIGS, make_cfg
 
@@ -31,10 +36,26 @@ def _config_files():
 
 
 @pytest.mark.parametrize("config_file", _config_files())
-def test_every_config_loads_and_builds(config_file):
+def test_every_config_builds_with_one_prediction_per_prior(config_file):
+    """Finite initial weights, and at the config's input size (a shape-only pass) every level's
+    head outputs hold the class scores (SSD's with background) and 4 box deltas of each of that
+    level's priors."""
     cfg = make_cfg(config_file)
     model = build_model(cfg)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    divisor = max(model.backbone.size_divisibility, 1)
+    size = -(-cfg.INPUT.FIXED_SIZE // divisor) * divisor
+    image = torch.empty(1, len(cfg.MODEL.PIXEL_MEAN), size, size, device="meta")
+    features = meta_call(model.backbone, image)
+    levels = [features[f] for f in model.head_in_features]
+    logits, deltas = meta_call(model.head, levels)
+    priors = model.anchor_generator(levels)
+    scores_per_prior = model.num_classes + isinstance(model, SSD)
+    assert len(logits) == len(deltas) == len(priors) == len(levels)
+    for level_logits, level_deltas, level_priors in zip(logits, deltas, priors):
+        locations = level_logits.shape[-2] * level_logits.shape[-1]
+        assert level_logits.shape[1] * locations == len(level_priors) * scores_per_prior
+        assert level_deltas.shape[1] * locations == len(level_priors) * 4
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from dssd_d2.visualization import plot_training_curves, read_metrics
 from helpers import ROOT
 
 
+@pytest.mark.slow
 def test_demo_annotates_files_folders_and_globs(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -66,6 +67,7 @@ def test_training_curves_from_metrics_json(tmp_path):
         plot_training_curves(str(metrics), str(tmp_path / "none.png"))
 
 
+@pytest.mark.slow
 def test_model_stats_takes_overrides_after_several_config_files():
     def rows(*extra):
         command = [

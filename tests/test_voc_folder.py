@@ -83,6 +83,7 @@ def test_microcontrollers_classes_and_counts(datasets_root):
     assert MetadataCatalog.get("custom_trainval").thing_classes == classes
 
 
+@pytest.mark.slow
 def test_train_net_trains_and_evaluates_the_custom_config(
     microcontrollers_subset, tmp_path, monkeypatch
 ):

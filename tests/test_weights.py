@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 import torchvision
 
@@ -12,6 +13,7 @@ from detectron2.modeling import build_model
 from helpers import ROOT, make_cfg
 
 
+@pytest.mark.slow
 def test_converted_vgg16_loads_into_ssd300(tmp_path):
     torch.manual_seed(0)
     vgg = torchvision.models.vgg16(weights=None).state_dict()

@@ -11,7 +11,7 @@ inference) and in train mode (batch statistics, as the loss during training): th
 and box losses, and per class the matched priors, their mean probability of the class and the
 background priors per image that score the class above the median matched prior. Hard-negative
 mining lets the loss see 3 background priors per positive; AP ranks all of them, so a model can
-have a training loss close to another's and a far lower AP (docs/dssd_small_digits.md).
+have a training loss close to another's and a far lower AP (docs/experiments/2026-12-01-dssd-small-digits.md).
 ``--precise-bn N`` first recomputes the BatchNorm statistics on N images of DATASETS.TRAIN
 (fvcore's precise BN, test-time resizing): it tells stale running statistics from weights.
 """

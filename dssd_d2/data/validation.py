@@ -7,7 +7,6 @@ import logging
 import numpy as np
 from PIL import Image
 
-from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
@@ -17,7 +16,6 @@ __all__ = [
     "SKIPPED_KEY",
     "BadImageError",
     "SkipCountingLoader",
-    "check_dataset_classes",
     "clean_annotations",
     "num_classes_of",
     "read_image",
@@ -162,20 +160,6 @@ def num_classes_of(cfg) -> tuple[str | None, int | None]:
     if key is None:
         return None, None
     return key, functools.reduce(getattr, key.split("."), cfg)
-
-
-def check_dataset_classes(cfg, dataset_name: str):
-    """Raise, naming the key, when the model's class count differs from the dataset's
-    ``thing_classes``: too few classes crash on the first out-of-range label, too many waste
-    outputs and usually mean the wrong dataset or config."""
-    key, num_classes = num_classes_of(cfg)
-    classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
-    if key is None or classes is None or len(classes) == num_classes:
-        return
-    raise ValueError(
-        f"{key} is {num_classes} but dataset {dataset_name!r} has {len(classes)} classes "
-        f"{list(classes)}; set {key} {len(classes)}"
-    )
 
 
 class SkipCountingLoader:

@@ -20,6 +20,7 @@ same config it was made from (:func:`load_int8_model`). Needs the ``int8`` extra
 
 import ast
 import copy
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -57,6 +58,14 @@ def _openvino():
             'int8 inference needs OpenVINO: pip install "dssd_d2[int8]" (or `make install`)'
         ) from e
     return openvino
+
+
+@functools.lru_cache(maxsize=None)
+def _core():
+    """The process's one OpenVINO Core: a second Core in a process has crashed OpenVINO 2026
+    builds (openvinotoolkit/openvino#35338; Ultralytics' test runner died so after about 20
+    model loads), and one Core serves any number of models."""
+    return _openvino().Core()
 
 
 class _Network(nn.Module):
@@ -256,11 +265,10 @@ def use_int8_network(
     """Replace ``model``'s backbone and head by the int8 graph ``ov_model`` (an
     ``openvino.Model``), compiled for the CPU with ``num_threads`` threads (default: PyTorch's
     ``torch.get_num_threads()``). Returns ``model``, in eval mode, for inference only."""
-    ov = _openvino()
     info = _read_info(ov_model, path)
     _check_info(info, model, image_size, path)
     threads = num_threads or torch.get_num_threads()
-    compiled = ov.Core().compile_model(
+    compiled = _core().compile_model(
         ov_model,
         "CPU",
         {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
@@ -282,7 +290,7 @@ def load_int8_model(cfg, path: str, num_threads: int | None = None) -> nn.Module
     if not os.path.isfile(path):
         raise FileNotFoundError(f"int8 model {path!r} not found (tools/quantize.py writes it)")
     model = build_model(cfg)
-    ov_model = _openvino().Core().read_model(path)
+    ov_model = _core().read_model(path)
     return use_int8_network(
         model, ov_model, cfg.INPUT.FIXED_SIZE, path=path, num_threads=num_threads
     )

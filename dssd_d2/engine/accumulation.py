@@ -153,6 +153,11 @@ class GradientAccumulationTrainer(SimpleTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
+# Config keys named in the log of the step trainer's choice (YAML; LazyConfig passes its own).
+YAML_STEP_KEYS = ("SOLVER.AMP.ENABLED", "SOLVER.ACCUMULATION_STEPS", "SOLVER.AMP.EMULATED_BF16")
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
 def build_step_trainer(
     model,
     data_loader,
@@ -161,31 +166,56 @@ def build_step_trainer(
     amp: bool,
     accumulation_steps: int = 1,
     emulated_bf16: bool = False,
+    keys=YAML_STEP_KEYS,
 ):
     """The step trainer for SOLVER.AMP.ENABLED and SOLVER.ACCUMULATION_STEPS: SimpleTrainer,
     Detectron2's AMPTrainer (float16 with a gradient scaler, CUDA), or
-    GradientAccumulationTrainer, which also runs AMP on a CPU, as bfloat16 autocast.
+    GradientAccumulationTrainer, which also runs AMP on a CPU, as bfloat16 autocast. Logs the
+    choice and why, naming ``keys`` (the AMP, accumulation and emulated-bfloat16 keys).
 
     A CPU without bfloat16 instructions trains in float32 unless ``emulated_bf16``
     (SOLVER.AMP.EMULATED_BF16): emulated bfloat16 made Tiny-DSOD's steps several times slower
     than float32 on an AVX2 CPU, so a config written for AMX machines keeps its speed elsewhere."""
-    if amp and next(model.parameters()).device.type == "cpu":
+    amp_key, accumulation_key, emulated_key = keys
+    logger = logging.getLogger(__name__)
+    if not amp:
+        why = f"{amp_key} False: float32"
+    elif next(model.parameters()).device.type == "cpu":
+        found = cpu.flags()
         native = cpu.has_bfloat16()
+        if found is None:
+            why = f"{amp_key} on a CPU whose flags are unknown: bfloat16 autocast"
+        elif native:
+            have = "/".join(f for f in _BF16_FLAGS if f in found)
+            why = f"{amp_key} on a CPU with {have}: bfloat16 autocast"
+        elif emulated_bf16:
+            why = f"{amp_key} and {emulated_key} on a CPU without avx512_bf16 or amx_bf16: "
+            why += "training in emulated bfloat16 autocast, slower than float32"
+        else:
+            why = f"{amp_key} on a CPU without avx512_bf16 or amx_bf16: training in float32, "
+            why += f"faster there ({emulated_key} True forces bfloat16)"
         if not native:
-            logging.getLogger(__name__).warning(
-                "SOLVER.AMP.ENABLED on a CPU without AVX512-BF16 or AMX: training in %s",
-                (
-                    "emulated bfloat16 (SOLVER.AMP.EMULATED_BF16), slower than float32"
-                    if emulated_bf16
-                    else "float32, faster there (SOLVER.AMP.EMULATED_BF16 True forces bfloat16)"
-                ),
-            )
+            logger.warning(why)
         if native or emulated_bf16:
-            return GradientAccumulationTrainer(
+            step = GradientAccumulationTrainer(
                 model, data_loader, optimizer, accumulation_steps, precision=torch.bfloat16
             )
+            _log_choice(logger, step, why, accumulation_steps, accumulation_key)
+            return step
         amp = False  # Detectron2's AMPTrainer is for CUDA
+    else:
+        why = f"{amp_key} on a GPU: float16 autocast with a gradient scaler"
     step = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
     if accumulation_steps != 1:  # < 1 is rejected with a message
         step = GradientAccumulationTrainer.from_trainer(step, accumulation_steps)
+    _log_choice(logger, step, why, accumulation_steps, accumulation_key)
     return step
+
+
+def _log_choice(logger, step, why: str, accumulation_steps: int, accumulation_key: str):
+    batches = (
+        f"{accumulation_steps} micro-batches per optimizer step ({accumulation_key})"
+        if accumulation_steps > 1
+        else "one batch per optimizer step"
+    )
+    logger.info(f"Step trainer: {type(step).__name__} ({why}; {batches})")

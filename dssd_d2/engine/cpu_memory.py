@@ -6,7 +6,7 @@ training step allocates and frees its large activations every step, so the kerne
 zero-fills them again at every step: on the 2-core AVX2 EPYC of 2026-12-03, a Tiny-DSOD256
 training process made 110,000 page faults a second and spent 30% of its CPU time in the kernel.
 With every block served from the heap and the heap never trimmed, the same steps took 1.19 s
-instead of 1.62 s (README, "Train and evaluate"). The cost is that the process keeps its peak
+instead of 1.62 s (docs/experiments/2026-12-03-allocator-and-targets.md). The cost is that the process keeps its peak
 memory; ``DSSD_D2_KEEP_FREED_MEMORY=0`` in the environment keeps glibc's defaults.
 """
 

@@ -18,7 +18,8 @@ from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from .backbone.layers import feature_sizes
+from ..checks import check_input_size, check_prior_steps
+from .backbone.layers import guard_single_pixel_strides
 from .heads import build_ssd_head
 from .matcher import build_ssd_matcher
 
@@ -48,44 +49,6 @@ def freeze_parameters(model: nn.Module, prefixes: Sequence[str]):
     return model
 
 
-def _check_input_size(backbone: Backbone, size: int, in_channels: int, in_features: List[str]):
-    """Raise, naming INPUT.FIXED_SIZE, when the backbone cannot take a ``size`` square (padded as
-    the model pads it) or gives an empty map: a shape-only pass, at build time, rather than a
-    convolution error at the first iteration."""
-    padded = ImageList.from_tensors(
-        [torch.empty(in_channels, size, size, device="meta")],
-        backbone.size_divisibility,
-        padding_constraints=backbone.padding_constraints,
-    ).tensor.shape[-2:]
-    try:
-        sizes = feature_sizes(backbone, tuple(padded), in_channels)
-    except RuntimeError as e:
-        raise ValueError(
-            f"The backbone {type(backbone).__name__} cannot take INPUT.FIXED_SIZE={size} (input "
-            f"{tuple(padded)} after padding); a larger size is usually needed: {e}"
-        ) from e
-    empty = {f: sizes[f] for f in in_features if min(sizes[f]) < 1}
-    if empty:
-        raise ValueError(
-            f"INPUT.FIXED_SIZE={size} gives empty feature maps {empty} (MODEL.SSD.IN_FEATURES)"
-        )
-    return [sizes[f] for f in in_features]
-
-
-def _check_prior_steps(steps: Sequence[float], map_sizes: List[Tuple[int, int]], size: int):
-    """Priors sit at (i + 0.5) * step on each map: STEPS left over from another FIXED_SIZE would
-    put them off the image or leave part of it uncovered, with no error anywhere. Each level's
-    grid must span the input to within 25% (SSD300's own 38 x 8 = 304 is within 2%)."""
-    for level, (step, (h, w)) in enumerate(zip(steps, map_sizes)):
-        span = step * max(h, w)
-        if not 0.75 * size <= span <= 1.25 * size:
-            raise ValueError(
-                f"MODEL.ANCHOR_GENERATOR.STEPS[{level}]={step} on a {h}x{w} map spans {span:g} "
-                f"pixels, but INPUT.FIXED_SIZE is {size}; use STEPS of about INPUT.FIXED_SIZE / "
-                f"map size: {[round(size / max(m), 2) for m in map_sizes]}"
-            )
-
-
 def _positives_normalizer(pos_mask: Tensor, num_images: int) -> float:
     """What each process divides its losses by: the positives of the whole batch (over all
     processes) / the number of processes. DDP averages the processes' gradients, so the result
@@ -108,8 +71,9 @@ class SSD(DenseDetector):
     MODEL.SSD.MATCHER: IoU >= threshold plus a prior for every ground truth), applies softmax
     cross-entropy with hard negatives mined at NEG:POS (or a softmax focal loss on every prior,
     MODEL.SSD.CLS_LOSS) and smooth L1 on encoded offsets (or an IoU loss, BBOX_REG_LOSS_TYPE), both
-    divided by the number of positives. Inference takes softmax scores above a threshold, the
-    top k per class, class-wise NMS (optionally box voting) and the best detections.
+    divided by the number of positives (the box loss times BBOX_REG_LOSS_WEIGHT). Inference takes
+    softmax scores above a threshold, the top k per class, class-wise NMS (optionally box voting)
+    and the best detections.
     """
 
     @configurable
@@ -128,10 +92,12 @@ class SSD(DenseDetector):
         focal_loss_gamma: float = 2.0,
         smooth_l1_beta: float = 1.0,
         box_reg_loss_type: str = "smooth_l1",
+        box_reg_loss_weight: float = 1.0,
         test_score_thresh: float = 0.01,
         test_topk_candidates: int = 400,
         test_nms_thresh: float = 0.45,
         test_box_voting_iou: float = 0.0,
+        test_clip_before_nms: bool = True,
         max_detections_per_image: int = 200,
         freeze: Sequence[str] = (),
         freeze_all_bn: bool = False,
@@ -142,6 +108,7 @@ class SSD(DenseDetector):
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
         )
+        guard_single_pixel_strides(self)  # bfloat16 weight gradients on a CPU
         # A head built for other priors or classes would still run, with predictions silently
         # paired with the wrong priors: refuse it (heads that say what they predict).
         head_anchors = list(getattr(head, "num_anchors", anchor_generator.num_anchors))
@@ -176,6 +143,7 @@ class SSD(DenseDetector):
                 f"{BOX_REG_LOSS_TYPES}"
             )
         self.box_reg_loss_type = box_reg_loss_type
+        self.box_reg_loss_weight = box_reg_loss_weight
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
@@ -184,6 +152,7 @@ class SSD(DenseDetector):
                 f"MODEL.SSD.BOX_VOTING_IOU_TEST={test_box_voting_iou} must lie in [0, 1] (0: off)"
             )
         self.test_box_voting_iou = test_box_voting_iou
+        self.test_clip_before_nms = test_clip_before_nms
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
         freeze_parameters(self, freeze)
@@ -202,11 +171,12 @@ class SSD(DenseDetector):
                 f"{cfg.MODEL.BACKBONE.NAME} does not output (it has {list(backbone_shape)})"
             )
         size = cfg.INPUT.FIXED_SIZE
-        map_sizes = _check_input_size(backbone, size, len(cfg.MODEL.PIXEL_MEAN), in_features)
+        map_sizes = check_input_size(backbone, size, len(cfg.MODEL.PIXEL_MEAN), in_features)
         feature_shapes = [backbone_shape[f] for f in in_features]
         anchor_generator = build_anchor_generator(cfg, feature_shapes)
-        if cfg.MODEL.ANCHOR_GENERATOR.NAME == "SSDAnchorGenerator":  # explicit per-level steps
-            _check_prior_steps(anchor_generator.strides, map_sizes, size)
+        anchor_cfg = cfg.MODEL.ANCHOR_GENERATOR
+        if anchor_cfg.NAME == "SSDAnchorGenerator" and anchor_cfg.CHECK_STEPS:
+            check_prior_steps(anchor_generator.strides, map_sizes, size)
         return {
             "backbone": backbone,
             "head": build_ssd_head(cfg, feature_shapes, anchor_generator.num_anchors),
@@ -220,10 +190,12 @@ class SSD(DenseDetector):
             "focal_loss_gamma": cfg.MODEL.SSD.FOCAL_LOSS_GAMMA,
             "smooth_l1_beta": cfg.MODEL.SSD.SMOOTH_L1_BETA,
             "box_reg_loss_type": cfg.MODEL.SSD.BBOX_REG_LOSS_TYPE,
+            "box_reg_loss_weight": cfg.MODEL.SSD.BBOX_REG_LOSS_WEIGHT,
             "test_score_thresh": cfg.MODEL.SSD.SCORE_THRESH_TEST,
             "test_topk_candidates": cfg.MODEL.SSD.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.SSD.NMS_THRESH_TEST,
             "test_box_voting_iou": cfg.MODEL.SSD.BOX_VOTING_IOU_TEST,
+            "test_clip_before_nms": cfg.MODEL.SSD.CLIP_BEFORE_NMS_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "freeze": cfg.MODEL.SSD.FREEZE,
             "freeze_all_bn": cfg.MODEL.SSD.FREEZE_ALL_BN,
@@ -294,7 +266,8 @@ class SSD(DenseDetector):
             )
             / normalizer
         )
-        return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
+        # x * 1.0 is x bit for bit: the default weight leaves the loss and its gradient unchanged.
+        return {"loss_cls": loss_cls, "loss_box_reg": self.box_reg_loss_weight * loss_box_reg}
 
     def hard_negatives(self, cls_loss: Tensor, pos_mask: Tensor) -> Tensor:
         """Per image, the ``neg_pos_ratio * #positives`` background priors of highest loss."""
@@ -340,7 +313,8 @@ class SSD(DenseDetector):
 
         boxes = self.box2box_transform.apply_deltas(deltas[anchor_idxs], anchors[anchor_idxs])
         boxes = Boxes(boxes)
-        boxes.clip(image_size)
+        if self.test_clip_before_nms:
+            boxes.clip(image_size)
         keep = batched_nms(boxes.tensor, class_scores, classes, self.test_nms_thresh)
         keep = keep[: self.max_detections_per_image]
         result = Instances(image_size)
@@ -349,6 +323,7 @@ class SSD(DenseDetector):
             if self.test_box_voting_iou > 0
             else boxes[keep]
         )
+        result.pred_boxes.clip(image_size)
         result.scores = class_scores[keep]
         result.pred_classes = classes[keep]
         return result

@@ -1,14 +1,15 @@
 """Small layers and helpers shared by the SSD-family backbones."""
 
-import itertools
 from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.nn import functional as F
 
 from detectron2.modeling import Backbone
+
+# The backbones size their layers with this shape-only pass.
+from ...shapes import feature_sizes  # noqa: F401
 
 
 def xavier_init(module: nn.Module):
@@ -64,24 +65,35 @@ def extra_level_settings(
     ]
 
 
-def meta_call(module: nn.Module, *inputs):
-    """``module(*inputs)`` on the meta device, in eval mode: shapes only, no arithmetic and no
-    change to the module's state (its parameters, buffers and train/eval flags stay as they
-    were), so it costs milliseconds even for ResNet-101 at 513x513. Forward hooks still run."""
-    meta_state = {
-        name: torch.empty_like(tensor, device="meta")
-        for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers())
-    }
-    modes = {m: m.training for m in module.modules()}
-    module.eval()  # batch of one: BatchNorm must not need batch statistics
-    try:
-        return functional_call(module, meta_state, inputs)
-    finally:
-        for m, training in modes.items():
-            m.training = training
+def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def feature_sizes(backbone: Backbone, image_size: Tuple[int, int], in_channels: int = 3):
-    """(H, W) of every output of ``backbone`` for one ``image_size`` input (a :func:`meta_call`)."""
-    image = torch.empty(1, in_channels, *image_size, device="meta")
-    return {name: tuple(x.shape[-2:]) for name, x in meta_call(backbone, image).items()}
+def _pad_single_pixel_input(conv: nn.Conv2d, inputs):
+    """Forward pre-hook of :func:`guard_single_pixel_strides`."""
+    if not torch.is_grad_enabled() or torch.jit.is_tracing():
+        return None  # only weight gradients go wrong: inference and export stay as they were
+    x = inputs[0]
+    pads = []  # F.pad's order: right, then bottom
+    for dim, axis in ((1, -1), (0, -2)):
+        geometry = conv.kernel_size[dim], conv.stride[dim], conv.padding[dim], conv.dilation[dim]
+        same_output = _output_size(1, *geometry) == _output_size(2, *geometry)
+        pads.append(int(x.shape[axis] == 1 and conv.stride[dim] > 1 and same_output))
+    if any(pads):
+        return (F.pad(x, (0, pads[0], 0, pads[1])),) + tuple(inputs[1:])
+    return None
+
+
+def guard_single_pixel_strides(model: nn.Module) -> nn.Module:
+    """Give every strided convolution of ``model`` a zero pixel right of (or below) an input one
+    pixel wide (or high), where the output stays the same: the new pixel only replaces padding.
+    Only while gradients are recorded; inference and tracing see the model unchanged.
+
+    Works around oneDNN 3.12 (PyTorch 2.14): its bfloat16 weight-gradient kernels for
+    AVX512-BF16 and AMX leave the taps right of a one-pixel-wide input unwritten at stride 2,
+    returning uninitialised memory as their gradient (mostly 0, at times 1e26 or NaN). SSDlite's
+    last extra level meets such a map at 256 pixels of input and below, Tiny-DSOD's at 128."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and max(m.stride) > 1 and m.padding_mode == "zeros":
+            m.register_forward_pre_hook(_pad_single_pixel_input)
+    return model
