@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 from detectron2.utils.events import EventStorage
 
-from .modeling.backbone.layers import feature_sizes
+from .shapes import feature_sizes
 
 __all__ = [
     "batch_norm_statistics",

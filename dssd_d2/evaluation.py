@@ -1,6 +1,8 @@
 """Pascal VOC evaluation with per-class AP (Detectron2's evaluator reports only the means), and
 the evaluation of detectors from other libraries (the peers) by the same evaluators."""
 
+import json
+import logging
 import os
 import tempfile
 from collections import defaultdict
@@ -8,11 +10,11 @@ from collections import defaultdict
 from tabulate import tabulate
 
 from detectron2.data import DatasetCatalog
-from detectron2.evaluation import PascalVOCDetectionEvaluator
+from detectron2.evaluation import PascalVOCDetectionEvaluator, print_csv_format
 from detectron2.evaluation.pascal_voc_evaluation import voc_eval
 from detectron2.utils import comm
 
-__all__ = ["PascalVOCDetectionEvaluatorWithClassAP", "evaluate_detector"]
+__all__ = ["PascalVOCDetectionEvaluatorWithClassAP", "evaluate_detector", "report_peer_run"]
 
 
 class PascalVOCDetectionEvaluatorWithClassAP(PascalVOCDetectionEvaluator):
@@ -65,3 +67,13 @@ def evaluate_detector(evaluator, dataset_name: str, predict, batch_size: int = 8
         inputs = records[start : start + batch_size]
         evaluator.process(inputs, [{"instances": found} for found in predict(inputs)])
     return evaluator.evaluate()
+
+
+def report_peer_run(output_dir: str, stats: dict, results: dict, logger: logging.Logger):
+    """A peer tool's ending: OUTPUT_DIR/results.json ({"peer": stats, "results": ...}) and, per
+    test dataset, Detectron2's ``copypaste:`` lines, as train_net.py prints them."""
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump({"peer": stats, "results": results}, f, indent=2)
+    for name, result in results.items():
+        logger.info(f"Evaluation of the peer on {name}:")
+        print_csv_format(result)

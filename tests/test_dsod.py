@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from dssd_d2.analysis import model_stats
 from dssd_d2.engine import SSDTrainer
 from dssd_d2.modeling.backbone import L2Norm, build_dsod_backbone
-from dssd_d2.modeling.backbone.layers import feature_sizes
+from dssd_d2.shapes import feature_sizes
 
 from helpers import DSOD300, make_cfg, register_cells_dataset, tiny_dsod_cfg, train_and_track
 

@@ -18,7 +18,7 @@ from detectron2.utils.events import EventStorage
 from dssd_d2.engine import SSDTrainer
 from dssd_d2.engine.checkpoint import AtomicCheckpointer
 from dssd_d2.modeling.backbone.dssd import deconv_geometry
-from dssd_d2.modeling.backbone.layers import feature_sizes
+from dssd_d2.shapes import feature_sizes
 from dssd_d2.modeling.backbone.resnet import ExtraBottleneckBlock, build_resnet_ssd_backbone
 
 from helpers import (

@@ -1,7 +1,6 @@
 """Run records and the docs tables rendered from them (dssd_d2.run_record, dssd_d2.results)."""
 
 import json
-import os
 
 import pytest
 

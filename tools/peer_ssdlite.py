@@ -29,7 +29,6 @@ OUTPUT_DIR/model_final.pth (a torchvision state dict), OUTPUT_DIR/results.json a
 """
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -43,7 +42,6 @@ from torchvision.transforms import v2
 
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.evaluation import print_csv_format
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.events import EventStorage, JSONWriter
@@ -51,7 +49,7 @@ from detectron2.utils.logger import setup_logger
 
 from dssd_d2 import get_ssd_cfg
 from dssd_d2.engine import build_evaluator
-from dssd_d2.evaluation import evaluate_detector
+from dssd_d2.evaluation import evaluate_detector, report_peer_run
 from dssd_d2.run_record import make_run_record, write_run_record
 
 logger = logging.getLogger("peer_ssdlite")
@@ -306,15 +304,11 @@ def main(argv=None):
     )
     write_run_record(record, args.output_dir)
     torch.save(model.state_dict(), os.path.join(args.output_dir, "model_final.pth"))
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump({"peer": stats, "results": results}, f, indent=2)
     logger.info(
         f"Peer trained {stats['iterations']} iterations ({stats['epochs']:.1f} epochs) in "
         f"{stats['training_minutes']:.1f} min"
     )
-    for name, result in results.items():
-        logger.info(f"Evaluation of the peer on {name}:")
-        print_csv_format(result)
+    report_peer_run(args.output_dir, stats, results, logger)
     return results
 
 

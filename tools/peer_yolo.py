@@ -37,13 +37,12 @@ import time
 import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import print_csv_format
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.logger import setup_logger
 
 from dssd_d2 import get_ssd_cfg
 from dssd_d2.engine import build_evaluator
-from dssd_d2.evaluation import evaluate_detector
+from dssd_d2.evaluation import evaluate_detector, report_peer_run
 from dssd_d2.run_record import make_run_record, write_run_record
 
 logger = logging.getLogger("peer_yolo")
@@ -217,8 +216,6 @@ def main(argv=None):
         for name in cfg.DATASETS.TEST
     }
     stats = {"epochs": epochs, "iterations": iterations, "wall_minutes": wall_minutes}
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump({"peer": stats, "results": results}, f, indent=2)
     record = make_run_record(
         tool="peer_yolo.py",
         config_file=args.config_file,
@@ -243,9 +240,7 @@ def main(argv=None):
         f"Peer {args.model} trained {epochs} epochs ({iterations} iterations of "
         f"{args.batch_size}) in {wall_minutes:.1f} min"
     )
-    for name, result in results.items():
-        logger.info(f"Evaluation of the peer on {name}:")
-        print_csv_format(result)
+    report_peer_run(output_dir, stats, results, logger)
     return results
 
 

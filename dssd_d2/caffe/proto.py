@@ -9,7 +9,6 @@ other field (layer parameters, the forks' own ids) is skipped, so no Caffe insta
 compiled ``caffe_pb2`` are needed.
 """
 
-import struct
 from dataclasses import dataclass, field
 from typing import Iterator, List, Tuple
 

@@ -19,7 +19,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from .layers import feature_sizes
+from ...shapes import feature_sizes
 
 __all__ = [
     "DeconvolutionModule",

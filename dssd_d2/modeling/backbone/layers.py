@@ -8,9 +8,6 @@ from torch.nn import functional as F
 
 from detectron2.modeling import Backbone
 
-# The backbones size their layers with this shape-only pass.
-from ...shapes import feature_sizes  # noqa: F401
-
 
 def xavier_init(module: nn.Module):
     """Xavier-uniform weights, zero biases for every conv: SSD's and DSOD's init of new layers."""
