@@ -39,7 +39,7 @@ from helpers import (
     tiny_ssd300_cfg,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.slow]  # processes
 
 FLOWS = ("yaml", "lazy")
 MODES = ("iterations", "minutes")

@@ -116,6 +116,7 @@ def test_weights_that_blow_up_are_not_checkpointed(tmp_path):
 # ---------------------------------------------------------------- SIGKILL and --resume
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
     # Killed right after the checkpoint of iteration 7 (of 3, 7 and the final one).
     cfg = tiny_run_cfg(tmp_path, max_iter=12, checkpoint_period=4)

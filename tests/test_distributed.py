@@ -164,6 +164,7 @@ def _assert_same_training(folder, got, want, **tolerance):
     return assert_same_training(init, got, want, **tolerance)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_two_processes_train_the_weights_of_one(runs, variant):
     folder, _ = runs
@@ -176,6 +177,7 @@ def test_two_processes_train_the_weights_of_one(runs, variant):
     assert any(k.endswith("running_mean") for k in compared) == (variant == "sync_bn")
 
 
+@pytest.mark.slow
 def test_two_machines_train_the_weights_of_one_process(runs, tmp_path):
     """train_net.py's --num-machines, --machine-rank and --dist-url: two "machines" of one
     process each (two launchers on this host)."""
@@ -204,6 +206,7 @@ def test_two_machines_train_the_weights_of_one_process(runs, tmp_path):
     _assert_same_training(folder, _final_weights(cfg), _one_process(folder, "plain"))
 
 
+@pytest.mark.slow
 def test_two_process_evaluation_gives_the_ap_of_one(runs):
     folder, report = runs
     cfg = _variant_cfg(folder, "plain", processes=2)
@@ -216,6 +219,7 @@ def test_two_process_evaluation_gives_the_ap_of_one(runs):
     assert two["bbox"] == pytest.approx(one["bbox"], abs=1e-9, nan_ok=True)
 
 
+@pytest.mark.slow
 def test_skipped_images_are_summed_over_processes(runs):
     _, report = runs
     per_process, logged = report["skipped"]
@@ -223,6 +227,7 @@ def test_skipped_images_are_summed_over_processes(runs):
     assert logged == sum(per_process)
 
 
+@pytest.mark.slow
 def test_resume_refuses_processes_that_see_different_checkpoints(runs):
     _, report = runs
     assert len(report["unshared"]) == 2  # both processes stopped, with the same message
@@ -252,6 +257,7 @@ def _leave_gloo_work_behind(folder):
     atexit.register(lambda: torch.save({"running": running, "at exit": _gloo_threads()}, path))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads from /proc")
 def test_launch_joins_gloo_threads_before_the_interpreter_exits(tmp_path):
     """A gloo worker thread still running at exit can abort a finished process (SIGABRT,
@@ -264,6 +270,7 @@ def test_launch_joins_gloo_threads_before_the_interpreter_exits(tmp_path):
         assert threads["at exit"] == [], threads
 
 
+@pytest.mark.slow
 def test_two_process_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
     # The launcher is killed right after the checkpoint of iteration 7 (of 3, 7 and the final).
     cfg = tiny_run_cfg(tmp_path, max_iter=12, checkpoint_period=4)
@@ -373,6 +380,7 @@ def _family_cfg(family):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family", ["SSD300", "DSSD321 stage 1", "DSOD300", "RetinaNet over the DSSD decoder"]
 )
