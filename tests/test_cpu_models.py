@@ -2,7 +2,6 @@
 modules, same size, same detections from the same weights), both trained a step, exported to
 ONNX and folded; the torchvision SSDlite peer tool end to end; the microcontrollers splits."""
 
-import importlib.util
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from helpers import (
     assert_same_detections,
     check_fold,
     detector_from_cfg,
+    load_tool,
     make_cfg,
     register_random_dataset,
     train_and_track,
@@ -38,13 +38,6 @@ SSDLITE_COCO = "COCO-Detection/ssdlite320_mobilenet_v3.yaml"
 SSDLITE_VOC = "PascalVOC-Detection/ssdlite320_mobilenet_v3.yaml"
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _params(model):
@@ -270,7 +263,7 @@ def test_ssdlite_with_torchvision_weights_gives_torchvisions_detections(num_clas
     """torchvision's random-weight SSDlite saved, converted by the tool, loaded into ours: same
     priors, class logits and box deltas within float rounding, and the same 300 detections per
     image (labels, scores within 1e-4, boxes within 0.05 px) on two real photos at 320x320."""
-    tool = _load_tool("convert_torchvision_ssdlite")
+    tool = load_tool("convert_torchvision_ssdlite")
     photos = _sample_photos()
     tv_images = [torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p in photos]
     order = tool.class_order(num_classes)
@@ -319,7 +312,7 @@ def test_ssdlite_with_torchvision_weights_gives_torchvisions_detections(num_clas
 
 
 def test_ssdlite_converter_names_unknown_and_missing_keys():
-    tool = _load_tool("convert_torchvision_ssdlite")
+    tool = load_tool("convert_torchvision_ssdlite")
     tv = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
         weights=None, weights_backbone=None, num_classes=4
     ).state_dict()
@@ -466,7 +459,7 @@ def test_peer_tool_trains_torchvision_ssdlite_and_evaluates_it_with_our_evaluato
     """A few seconds of training on random images (float32, or with --amp bfloat16 autocast in
     channels-last), then our evaluator (COCO's, for a dataset without an evaluator_type):
     copypaste lines, metrics.json with losses, lr and AP."""
-    tool = _load_tool("peer_ssdlite")
+    tool = load_tool("peer_ssdlite")
     name = register_random_dataset("peer_random", tmp_path, num_images=4, size_range=(90, 140))
     out = tmp_path / "peer"
     results = tool.main(

@@ -508,7 +508,7 @@ def _vgg_ssd(b: _Builder, cfg) -> Tuple[List[str], List[object]]:
 
 
 # ---------------------------------------------------------------- DSOD300 (DSOD300_pascal.py)
-def _bn_relu_conv(b: _Builder, x, target, out, k, stride=1, pad=0, relu_in_place=True):
+def _bn_relu_conv(b: _Builder, x, target, out, k, stride=1, pad=0, relu_in_place=True, name=None):
     """DSOD's bn_relu_conv: BatchNorm (own top), Scale, ReLU, bias-free conv; our PreActConv."""
     x = b.batch_norm(x, f"{target}.0")
     b.scale(x, f"{target}.0")
@@ -522,7 +522,7 @@ def _bn_relu_conv(b: _Builder, x, target, out, k, stride=1, pad=0, relu_in_place
         ("weight_filler", [("type", "xavier")]),
         ("bias_filler", [("type", "constant")]),
     ]
-    return b.conv(x, conv_params, params=(), target=f"{target}.2")
+    return b.conv(x, conv_params, params=(), name=name, target=f"{target}.2")
 
 
 def _dense_block(b: _Builder, x, target, num_layers, growth, width):
@@ -576,19 +576,7 @@ def _dsod(b: _Builder, cfg) -> Tuple[List[str], List[object]]:
         out = transitions[block - 1] or channels
         channels = out
         target = f"{stages}.transition{block}"
-        x = b.batch_norm(x, f"{target}.0")
-        b.scale(x, f"{target}.0")
-        x = b.relu(x, in_place=False)
-        conv_params: Message = [
-            ("num_output", out),
-            ("bias_term", False),
-            ("pad", 0),
-            ("kernel_size", 1),
-            ("stride", 1),
-            ("weight_filler", [("type", "xavier")]),
-            ("bias_filler", [("type", "constant")]),
-        ]
-        return b.conv(x, conv_params, params=(), name=name, target=f"{target}.2")
+        return _bn_relu_conv(b, x, target, out, 1, relu_in_place=False, name=name)
 
     x = _dense_block(b, x, f"{stages}.dense1", dsod.BLOCK_LAYERS[0], growth, bottleneck)
     x = b.max_pool(transition(x, 1), 2, 2)

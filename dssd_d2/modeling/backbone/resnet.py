@@ -44,6 +44,21 @@ class SSDStem(BasicStem):
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=0, ceil_mode=True)
 
 
+def _bn_conv(in_channels, out_channels, kernel_size, stride, norm, padding=0):
+    """A bias-free, normalized, MSRA-initialized conv, as Detectron2's ResNet blocks build them."""
+    conv = Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        bias=False,
+        norm=get_norm(norm, out_channels),
+    )
+    weight_init.c2_msra_fill(conv)
+    return conv
+
+
 class ExtraBottleneckBlock(BottleneckBlock):
     """Detectron2's bottleneck block as an SSD extra level: always a projection shortcut, and a
     middle conv whose kernel and padding may shrink the map (e.g. 3x3 without padding: 3x3 -> 1x1).
@@ -90,45 +105,14 @@ class ExtraBottleneckBlock(BottleneckBlock):
                     "(KERNEL_SIZES - 1 == 2 * PADDINGS)"
                 )
             middle_stride = 1
-            self.conv1 = Conv2d(
-                in_channels,
-                bottleneck_channels,
-                kernel_size=first_kernel,
-                stride=stride,
-                bias=False,
-                norm=get_norm(norm, bottleneck_channels),
-            )
-            self.shortcut = Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size=first_kernel,
-                stride=stride,
-                bias=False,
-                norm=get_norm(norm, out_channels),
-            )
-            for layer in (self.conv1, self.shortcut):
-                weight_init.c2_msra_fill(layer)
+            self.conv1 = _bn_conv(in_channels, bottleneck_channels, first_kernel, stride, norm)
+            self.shortcut = _bn_conv(in_channels, out_channels, first_kernel, stride, norm)
         if (kernel_size, padding) != (3, 1) or middle_stride != stride:
-            self.conv2 = Conv2d(
-                bottleneck_channels,
-                bottleneck_channels,
-                kernel_size=kernel_size,
-                stride=middle_stride,
-                padding=padding,
-                bias=False,
-                norm=get_norm(norm, bottleneck_channels),
+            self.conv2 = _bn_conv(
+                bottleneck_channels, bottleneck_channels, kernel_size, middle_stride, norm, padding
             )
-            weight_init.c2_msra_fill(self.conv2)
         if self.shortcut is None:  # Detectron2 projects only when the channel count changes
-            self.shortcut = Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size=1,
-                stride=stride,
-                bias=False,
-                norm=get_norm(norm, out_channels),
-            )
-            weight_init.c2_msra_fill(self.shortcut)
+            self.shortcut = _bn_conv(in_channels, out_channels, 1, stride, norm)
 
     def forward(self, x):
         out = F.relu_(self.conv1(x))
