@@ -203,16 +203,21 @@ def our_outputs(model, image):
     return priors.numpy(), scores.numpy(), torch.cat(deltas, dim=1)[0].numpy(), detections
 
 
-def opencv_outputs(prototxt, caffemodel, image_bgr, mean):
+def opencv_forward(prototxt, caffemodel, image_bgr, mean, names):
+    """OpenCV's Caffe forward: {blob name: array} for ``names``."""
     net = cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     # The direct convolution is Caffe's arithmetic (Winograd's rounding differs).
     net.enableWinograd(False)
     blob = (image_bgr.astype(np.float32) - np.float32(mean)).transpose(2, 0, 1)[None]
     net.setInput(np.ascontiguousarray(blob))
-    loc, conf, priors, detections = net.forward(
-        ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox", "detection_out"]
-    )
+    return dict(zip(names, net.forward(names)))
+
+
+def opencv_outputs(prototxt, caffemodel, image_bgr, mean):
+    names = ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox", "detection_out"]
+    out = opencv_forward(prototxt, caffemodel, image_bgr, mean, names)
+    loc, conf, priors, detections = (out[n] for n in names)
     return loc.reshape(-1, 4), conf, priors, detections.reshape(-1, 7)
 
 
@@ -225,26 +230,20 @@ ARCHITECTURES = {
 }
 
 
-# Open (issue 32): converted SSD513 and DSSD513 do not yet give OpenCV's outputs: priors and the
-# scores of levels 0-5 agree, the 1x1 res10 level does not, and float differences through
-# ResNet-101 exceed the score tolerance.
+# SSD513 and DSSD513: float32 rounding through ResNet-101, amplified by the randomly initialised
+# extra levels down to the 1x1 res10, exceeds the score tolerance of the whole forward (priors
+# and levels 0-5 agree); test_513_extra_levels_equal_opencv_given_its_inputs compares the extra
+# levels one by one.
 _NOT_YET_EQUAL = pytest.mark.xfail(
-    strict=True, reason="SSD513/DSSD513 differ from OpenCV's Caffe forward at the res10 level"
+    strict=True, reason="SSD513/DSSD513's whole forward: float32 rounding amplified to res10"
 )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "arch",
-    [
-        pytest.param(a, marks=_NOT_YET_EQUAL) if a.endswith("513") else a
-        for a in sorted(ARCHITECTURES)
-    ],
-)
-def test_same_as_opencv_caffe_forward(arch, tmp_path):
-    """Our model converted from a random caffemodel gives OpenCV's Caffe forward: priors,
-    scores and offsets to float tolerance, and the same detections (class, score, box) at
-    Caffe's inference settings (confidence 0.01, NMS 0.45, top-k 400, keep 200)."""
+def convert_random(arch, tmp_path):
+    """A random model of ``arch`` (see :func:`randomize`) written as deploy.prototxt and
+    .caffemodel, converted back by our converter and checked equal to the original: (cfg,
+    class count, the deploy net, the converted model, the test image as our input and as BGR,
+    prototxt path, caffemodel path)."""
     config, num_classes = ARCHITECTURES[arch]
     cfg = caffe_cfg(config)
     size = cfg.INPUT.FIXED_SIZE
@@ -267,9 +266,28 @@ def test_same_as_opencv_caffe_forward(arch, tmp_path):
         if not key.endswith("num_batches_tracked"):
             torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-6, atol=1e-6)
 
+    return cfg, num_classes, net, model, image, image_bgr, str(prototxt), str(caffemodel)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "arch",
+    [
+        pytest.param(a, marks=_NOT_YET_EQUAL) if a.endswith("513") else a
+        for a in sorted(ARCHITECTURES)
+    ],
+)
+def test_same_as_opencv_caffe_forward(arch, tmp_path):
+    """Our model converted from a random caffemodel gives OpenCV's Caffe forward: priors,
+    scores and offsets to float tolerance, and the same detections (class, score, box) at
+    Caffe's inference settings (confidence 0.01, NMS 0.45, top-k 400, keep 200)."""
+    cfg, num_classes, net, model, image, image_bgr, prototxt, caffemodel = convert_random(
+        arch, tmp_path
+    )
+    size = cfg.INPUT.FIXED_SIZE
     priors, scores, deltas, detections = our_outputs(model, image)
     loc, conf, cv_priors, cv_detections = opencv_outputs(
-        str(prototxt), str(caffemodel), image_bgr, cfg.MODEL.PIXEL_MEAN
+        prototxt, caffemodel, image_bgr, cfg.MODEL.PIXEL_MEAN
     )
     # Priors: OpenCV's are normalised XYXY, row 0 boxes, row 1 variances.
     np.testing.assert_allclose(cv_priors[0, 0].reshape(-1, 4) * size, priors, atol=1e-3)
@@ -297,6 +315,31 @@ def test_same_as_opencv_caffe_forward(arch, tmp_path):
         assert c1 == c2
         assert s1 == pytest.approx(s2, abs=1e-4)
         np.testing.assert_allclose(b1, b2, atol=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["ssd513", "dssd513"])
+def test_513_extra_levels_equal_opencv_given_its_inputs(arch, tmp_path):
+    """Where the whole forward is not yet compared (above): given OpenCV's own input map, each
+    of our extra levels res6 .. res10 (2x2 stride-2 first conv and projection, down to 1x1)
+    gives OpenCV's output map, so the whole-forward gap at res10 is not a difference of weights
+    or layer semantics there."""
+    cfg, _, _, model, _, image_bgr, prototxt, caffemodel = convert_random(
+        arch, tmp_path
+    )
+    extras = {
+        name: module
+        for name, module in model.backbone.named_modules()
+        if type(module).__name__ == "ExtraBottleneckBlock"
+    }
+    levels = sorted(extras, key=lambda n: int(n.rsplit("res", 1)[1]))
+    assert [n.rsplit(".", 1)[-1] for n in levels] == ["res6", "res7", "res8", "res9", "res10"]
+    blobs = ["res5c_relu"] + [f"{n.rsplit('.', 1)[-1]}_relu" for n in levels]
+    cv = opencv_forward(prototxt, caffemodel, image_bgr, cfg.MODEL.PIXEL_MEAN, blobs)
+    with torch.no_grad():
+        for name, given, expected in zip(levels, blobs, blobs[1:]):
+            ours = extras[name](torch.from_numpy(cv[given])).numpy()
+            np.testing.assert_allclose(ours, cv[expected], atol=1e-4, rtol=1e-4, err_msg=name)
 
 
 def caffe_prior_boxes(settings, map_size, image_size):
