@@ -82,15 +82,35 @@ def _how(record, page) -> str:
     return f"[{os.path.basename(path)}]({_link(path, page)})"
 
 
-def _per_class_ap50(metrics) -> str:
+def _per_class(metrics) -> str:
+    """Each class's AP50, with its AP75 after a slash where the record has them (the VOC-style
+    evaluator's), else its AP (COCO's evaluator)."""
     classes = sorted(k[len("bbox/AP50-"):] for k in metrics if k.startswith("bbox/AP50-"))
-    return ", ".join(f"{c} {metrics['bbox/AP50-' + c]:.1f}" for c in classes)
+    if not classes:
+        classes = sorted(k[len("bbox/AP-"):] for k in metrics if k.startswith("bbox/AP-"))
+        return ", ".join(f"{c} AP {metrics['bbox/AP-' + c]:.1f}" for c in classes)
+    return ", ".join(
+        f"{c} {metrics['bbox/AP50-' + c]:.1f}"
+        + (f"/{metrics['bbox/AP75-' + c]:.1f}" if f"bbox/AP75-{c}" in metrics else "")
+        for c in classes
+    )
+
+
+def _run_cells(record, metrics, page) -> tuple:
+    """The cells every run table shows: (minutes and steps, scores, link to the record)."""
+    steps = f"| {record['training_minutes']:.1f} | {record['iterations']} x {record['batch_size']} "
+    scores = (
+        f"| {metrics['bbox/AP']:.1f} | {metrics['bbox/AP50']:.1f} | {metrics['bbox/AP75']:.1f} "
+        f"| {_per_class(metrics)} "
+    )
+    link = f"| [{os.path.basename(record['_path'])}]({_link('results/' + record['_path'], page)}) |"
+    return steps, scores, link
 
 
 def _cpu_30min(records, page):
     rows = [
         "| data | model | config | CPU | date | minutes | iterations x batch | AP | AP50 | AP75 "
-        "| AP50 per class | AP / peer's | record |",
+        "| per class: AP50/AP75 (or AP) | AP / peer's | record |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_path = {r["_path"]: r for r in records}
@@ -98,12 +118,40 @@ def _cpu_30min(records, page):
         dataset, m = _test_metrics(r)
         peer = by_path.get(r.get("peer", ""))
         ratio = f"{m['bbox/AP'] / _test_metrics(peer)[1]['bbox/AP']:.2f}x" if peer else ""
+        steps, scores, link = _run_cells(r, m, page)
         rows.append(
             f"| {dataset} | {r['label']} | {_how(r, page)} | {_cpu(r)} | {r['date'][:10]} "
-            f"| {r['training_minutes']:.1f} | {r['iterations']} x {r['batch_size']} "
-            f"| {m['bbox/AP']:.1f} | {m['bbox/AP50']:.1f} | {m['bbox/AP75']:.1f} "
-            f"| {_per_class_ap50(m)} | {ratio} "
-            f"| [{os.path.basename(r['_path'])}]({_link('results/' + r['_path'], page)}) |"
+            f"{steps}{scores}| {ratio} {link}"
+        )
+    return rows
+
+
+def _lever(record) -> str:
+    """The overrides that make a run differ from its config, without the data and output
+    ones every run of a study sets."""
+    overrides, shown = record.get("overrides", []), []
+    for key, value in zip(overrides[::2], overrides[1::2]):
+        if not key.startswith(("DATASETS.", "OUTPUT_DIR")):
+            shown.append(f"{key} {value}")
+    return "`" + " ".join(shown) + "`" if shown else "(the config)"
+
+
+def _levers(records, page):
+    """One recipe lever per row, its AP against the baseline run it is compared with (its
+    peer)."""
+    rows = [
+        "| data | lever | overrides | CPU | minutes | iterations x batch | AP | AP50 | AP75 "
+        "| per class: AP50/AP75 (or AP) | AP - baseline's | record |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_path = {r["_path"]: r for r in records}
+    for r in sorted(records, key=lambda r: (_test_metrics(r)[0], "peer" in r, r["label"])):
+        dataset, m = _test_metrics(r)
+        peer = by_path.get(r.get("peer", ""))
+        delta = f"{m['bbox/AP'] - _test_metrics(peer)[1]['bbox/AP']:+.1f}" if peer else ""
+        steps, scores, link = _run_cells(r, m, page)
+        rows.append(
+            f"| {dataset} | {r['label']} | {_lever(r)} | {_cpu(r)} {steps}{scores}| {delta} {link}"
         )
     return rows
 
@@ -162,7 +210,14 @@ TABLES = {
     "cpu_30min": (_cpu_30min, ("docs/model_zoo.md",)),
     "cpu_summary": (_cpu_summary, ("README.md",)),
     "structure": (_structure, ("docs/model_zoo.md",)),
+    "val_levers": (_levers, ()),
 }
+# A study's page (docs/experiments/) shows one study's records of a table between
+# <!-- table:NAME:STUDY --> and <!-- /table:NAME:STUDY -->, STUDY the records' results/ folder.
+STUDY_PAGES = "docs/experiments"
+_STUDY_TABLE = re.compile(
+    r"(<!-- table:(\w+):([\w.-]+) -->\n).*?(<!-- /table:\2:\3 -->)", flags=re.DOTALL
+)
 # cpu_summary summarises the cpu_30min records.
 _SOURCE_TABLE = {"cpu_summary": "cpu_30min"}
 
@@ -204,4 +259,21 @@ def render_docs(records=None, model_stats=None, root: str = ROOT) -> dict:
                 )
             body = "\n".join(render(chosen, page)) + "\n" if chosen else ""
             pages[path] = pattern.sub(lambda m: m.group(1) + body + m.group(2), pages[path])
+    for path in sorted(glob.glob(os.path.join(root, STUDY_PAGES, "*.md"))):
+        with open(path) as f:
+            text = f.read()
+        if _STUDY_TABLE.search(text):
+            page = os.path.relpath(path, root)
+            pages[path] = _STUDY_TABLE.sub(lambda m: _study_table(m, records, page), text)
     return pages
+
+
+def _study_table(match, records, page) -> str:
+    opening, name, study, closing = match.groups()
+    if name not in TABLES or name == "structure":
+        raise ValueError(f"{page}: '{opening.strip()}' names no table of run records")
+    member = _SOURCE_TABLE.get(name, name)
+    chosen = [r for r in records if member in r["tables"] and os.path.dirname(r["_path"]) == study]
+    if not chosen:
+        raise ValueError(f"{page}: no records of table '{member}' in results/{study}/")
+    return opening + "\n".join(TABLES[name][0](chosen, page)) + "\n" + closing

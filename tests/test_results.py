@@ -62,6 +62,32 @@ def test_tables_are_rendered_between_markers_with_ratios_against_the_peer(tmp_pa
     assert "| bccd_test | YOLO11n | Xeon AMX | 2 | 45.0 (40.0-50.0) |" in summary
 
 
+def test_a_study_page_shows_only_its_study_and_levers_against_their_baseline(tmp_path, monkeypatch):
+    import dssd_d2.results as results
+
+    monkeypatch.setattr(results, "RESULTS_DIR", str(tmp_path / "results"))
+    _pages(tmp_path)
+    base = _record(tmp_path, "base", "baseline", 50.0, tables=("val_levers",), dataset="bccd_val")
+    lever = _record(tmp_path, "ema", "EMA", 51.5, ("val_levers",), "study/base.json", "bccd_val")
+    record = json.loads(lever.read_text())
+    record["overrides"] = ["DATASETS.TEST", '("bccd_val",)', "MODEL.EMA.ENABLED", "True"]
+    lever.write_text(json.dumps(record))
+    other = tmp_path / "results" / "other" / "x.json"
+    other.parent.mkdir()
+    other.write_text(base.read_text())
+    study = tmp_path / "docs" / "experiments" / "study.md"
+    study.parent.mkdir()
+    study.write_text("<!-- table:val_levers:study -->\nold\n<!-- /table:val_levers:study -->\n")
+    pages = render_docs(results.load_records(), {"configs": {}}, root=str(tmp_path))
+    rows = [line for line in pages[str(study)].splitlines() if line.startswith("| bccd_val")]
+    assert len(rows) == 2 and not any("x.json" in r for r in rows)
+    assert rows[0].startswith("| bccd_val | baseline | (the config) |")
+    assert "| EMA | `MODEL.EMA.ENABLED True` |" in rows[1] and "| +1.5 |" in rows[1]
+    study.write_text("<!-- table:structure:study -->\n<!-- /table:structure:study -->\n")
+    with pytest.raises(ValueError, match="study.md: '<!-- table:structure:study -->' names no"):
+        render_docs(results.load_records(), {"configs": {}}, root=str(tmp_path))
+
+
 @pytest.mark.slow
 def test_a_page_without_the_markers_and_a_bad_record_are_named(tmp_path, monkeypatch):
     import dssd_d2.results as results
