@@ -107,17 +107,24 @@ def _run_cells(record, metrics, page) -> tuple:
     return steps, scores, link
 
 
+def _with_peer_ap(records, order):
+    """(record, its test dataset, its metrics, its peer's AP or None), sorted by ``order``."""
+    by_path = {r["_path"]: r for r in records}
+    for r in sorted(records, key=order):
+        dataset, metrics = _test_metrics(r)
+        peer = by_path.get(r.get("peer", ""))
+        yield r, dataset, metrics, _test_metrics(peer)[1]["bbox/AP"] if peer else None
+
+
 def _cpu_30min(records, page):
     rows = [
         "| data | model | config | CPU | date | minutes | iterations x batch | AP | AP50 | AP75 "
         "| per class: AP50/AP75 (or AP) | AP / peer's | record |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by_path = {r["_path"]: r for r in records}
-    for r in sorted(records, key=lambda r: (_test_metrics(r)[0], r["date"], r["label"])):
-        dataset, m = _test_metrics(r)
-        peer = by_path.get(r.get("peer", ""))
-        ratio = f"{m['bbox/AP'] / _test_metrics(peer)[1]['bbox/AP']:.2f}x" if peer else ""
+    by_date = lambda r: (_test_metrics(r)[0], r["date"], r["label"])  # noqa: E731
+    for r, dataset, m, peer_ap in _with_peer_ap(records, by_date):
+        ratio = f"{m['bbox/AP'] / peer_ap:.2f}x" if peer_ap is not None else ""
         steps, scores, link = _run_cells(r, m, page)
         rows.append(
             f"| {dataset} | {r['label']} | {_how(r, page)} | {_cpu(r)} | {r['date'][:10]} "
@@ -144,11 +151,9 @@ def _levers(records, page):
         "| per class: AP50/AP75 (or AP) | AP - baseline's | record |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by_path = {r["_path"]: r for r in records}
-    for r in sorted(records, key=lambda r: (_test_metrics(r)[0], "peer" in r, r["label"])):
-        dataset, m = _test_metrics(r)
-        peer = by_path.get(r.get("peer", ""))
-        delta = f"{m['bbox/AP'] - _test_metrics(peer)[1]['bbox/AP']:+.1f}" if peer else ""
+    baseline_first = lambda r: (_test_metrics(r)[0], "peer" in r, r["label"])  # noqa: E731
+    for r, dataset, m, peer_ap in _with_peer_ap(records, baseline_first):
+        delta = f"{m['bbox/AP'] - peer_ap:+.1f}" if peer_ap is not None else ""
         steps, scores, link = _run_cells(r, m, page)
         rows.append(
             f"| {dataset} | {r['label']} | {_lever(r)} | {_cpu(r)} {steps}{scores}| {delta} {link}"
