@@ -232,8 +232,8 @@ ARCHITECTURES = {
 
 # SSD513 and DSSD513: float32 rounding through ResNet-101, amplified by the randomly initialised
 # extra levels down to the 1x1 res10, exceeds the score tolerance of the whole forward (priors
-# and levels 0-5 agree); test_513_extra_levels_equal_opencv_given_its_inputs compares the extra
-# levels one by one.
+# and levels 0-5 agree); test_513_levels_equal_opencv_given_its_inputs compares them level by
+# level.
 _NOT_YET_EQUAL = pytest.mark.xfail(
     strict=True, reason="SSD513/DSSD513's whole forward: float32 rounding amplified to res10"
 )
@@ -317,14 +317,32 @@ def test_same_as_opencv_caffe_forward(arch, tmp_path):
         np.testing.assert_allclose(b1, b2, atol=0.05)
 
 
+def blob_writers(net):
+    """{blob: the name of the last layer writing it}: OpenCV's forward takes layer names, and an
+    in-place layer (ReLU after Eltwise) writes a blob named after the layer before it."""
+    return {top: layer.name for layer in net.layers for top in layer.top}
+
+
+def head_inputs(net):
+    """Per level, the blob our head reads: the input of its prediction module (or, without one,
+    of its class conv)."""
+    inputs = {}
+    for layer in net.layers:
+        for prefix in ("head.prediction_modules.", "head.cls_score."):
+            if layer.target.startswith(prefix):
+                inputs.setdefault(int(layer.target[len(prefix) :].split(".")[0]), layer.bottom[0])
+    return [inputs[level] for level in range(len(inputs))]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["ssd513", "dssd513"])
-def test_513_extra_levels_equal_opencv_given_its_inputs(arch, tmp_path):
-    """Where the whole forward is not yet compared (above): given OpenCV's own input map, each
-    of our extra levels res6 .. res10 (2x2 stride-2 first conv and projection, down to 1x1)
-    gives OpenCV's output map, so the whole-forward gap at res10 is not a difference of weights
-    or layer semantics there."""
-    cfg, _, _, model, _, image_bgr, prototxt, caffemodel = convert_random(
+def test_513_levels_equal_opencv_given_its_inputs(arch, tmp_path):
+    """Where the whole forward is not yet compared (above), level by level given OpenCV's own
+    inputs: each extra level res6 .. res10 (2x2 stride-2 first conv and projection, down to 1x1)
+    gives OpenCV's output map, and the head (prediction modules, class and box convs) fed
+    OpenCV's source maps gives its scores and offsets. So the whole-forward gap is not a
+    difference of weights or layer semantics."""
+    cfg, num_classes, net, model, _, image_bgr, prototxt, caffemodel = convert_random(
         arch, tmp_path
     )
     extras = {
@@ -335,11 +353,24 @@ def test_513_extra_levels_equal_opencv_given_its_inputs(arch, tmp_path):
     levels = sorted(extras, key=lambda n: int(n.rsplit("res", 1)[1]))
     assert [n.rsplit(".", 1)[-1] for n in levels] == ["res6", "res7", "res8", "res9", "res10"]
     blobs = ["res5c_relu"] + [f"{n.rsplit('.', 1)[-1]}_relu" for n in levels]
-    cv = opencv_forward(prototxt, caffemodel, image_bgr, cfg.MODEL.PIXEL_MEAN, blobs)
+    writers = blob_writers(net)
+    sources = [writers[blob] for blob in head_inputs(net)]
+    names = list(dict.fromkeys(blobs + sources + ["mbox_loc", "mbox_conf_flatten"]))
+    cv = opencv_forward(prototxt, caffemodel, image_bgr, cfg.MODEL.PIXEL_MEAN, names)
     with torch.no_grad():
         for name, given, expected in zip(levels, blobs, blobs[1:]):
             ours = extras[name](torch.from_numpy(cv[given])).numpy()
             np.testing.assert_allclose(ours, cv[expected], atol=1e-4, rtol=1e-4, err_msg=name)
+        features = [torch.from_numpy(cv[source]) for source in sources]
+        logits, deltas = model._transpose_dense_predictions(
+            model.head(features), [model.num_classes + 1, 4]
+        )
+    scores = torch.softmax(torch.cat(logits, dim=1)[0], dim=-1).numpy()
+    conf = cv["mbox_conf_flatten"].reshape(len(scores), num_classes)
+    np.testing.assert_allclose(np.roll(conf, -1, axis=1), scores, atol=1e-4)
+    np.testing.assert_allclose(
+        cv["mbox_loc"].reshape(-1, 4), torch.cat(deltas, dim=1)[0].numpy(), atol=1e-4
+    )
 
 
 def caffe_prior_boxes(settings, map_size, image_size):
