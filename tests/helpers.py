@@ -110,6 +110,16 @@ def tiny_lazy_ssd300_cfg(dataset, output_dir, overrides=()):
     return cfg
 
 
+def without_random_augmentation(cfg):
+    """No photometric distortion, zoom-out, min-IoU crop or flip: the same image gives the same
+    training input every time (runs compared step by step need it)."""
+    cfg.INPUT.SSD_AUG.PHOTOMETRIC = False
+    cfg.INPUT.SSD_AUG.EXPAND_RATIO = 1.0
+    cfg.INPUT.SSD_AUG.MIN_IOU_CROP = False
+    cfg.INPUT.RANDOM_FLIP = "none"
+    return cfg
+
+
 def tiny_resnet_cfg(config_file, num_classes=3):
     """A ResNet config's geometry (e.g. 321 input, all maps) with a narrow ResNet-50 and narrow
     layers: SSD321/513, DSSD321/513 and the RetinaNet-over-DSSD config."""

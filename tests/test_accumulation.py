@@ -16,7 +16,12 @@ from dssd_d2.engine import SSDTrainer
 from dssd_d2 import cpu
 from dssd_d2.engine.accumulation import GradientAccumulationTrainer, build_step_trainer
 
-from helpers import register_cells_dataset, tiny_dsod_cfg, weights_norm
+from helpers import (
+    register_cells_dataset,
+    tiny_dsod_cfg,
+    weights_norm,
+    without_random_augmentation,
+)
 
 
 class MeanLossModel(nn.Module):
@@ -162,10 +167,7 @@ def _single_image_cfg(tmp_path, output):
     cfg = tiny_dsod_cfg()
     cfg.DATASETS.TRAIN = (name,)
     cfg.DATASETS.TEST = ()
-    cfg.INPUT.SSD_AUG.PHOTOMETRIC = False
-    cfg.INPUT.SSD_AUG.EXPAND_RATIO = 1.0
-    cfg.INPUT.SSD_AUG.MIN_IOU_CROP = False
-    cfg.INPUT.RANDOM_FLIP = "none"
+    without_random_augmentation(cfg)
     cfg.SOLVER.BASE_LR = 0.05
     cfg.SOLVER.MAX_ITER = 4
     cfg.SOLVER.STEPS = (3,)  # the learning rate drops after the checkpoint

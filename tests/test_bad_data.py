@@ -21,7 +21,7 @@ from dssd_d2.data import dataset_mapper
 from dssd_d2.data.validation import SKIPPED_KEY, BadImageError, read_image
 from dssd_d2.engine import SSDTrainer
 
-from helpers import tiny_ssd300_cfg
+from helpers import tiny_ssd300_cfg, without_random_augmentation
 
 SIZE = 300
 
@@ -54,10 +54,7 @@ def _record(path, h, w, boxes=((10, 10, 30, 30),), category_id=0):
 def _plain_cfg():
     """The tiny SSD300 with only the resize, so that output boxes are predictable."""
     cfg = tiny_ssd300_cfg()
-    cfg.INPUT.SSD_AUG.PHOTOMETRIC = False
-    cfg.INPUT.SSD_AUG.EXPAND_RATIO = 1.0
-    cfg.INPUT.SSD_AUG.MIN_IOU_CROP = False
-    cfg.INPUT.RANDOM_FLIP = "none"
+    without_random_augmentation(cfg)
     return cfg
 
 

@@ -37,6 +37,7 @@ from helpers import (
     tiny_lazy_ssd300_cfg,
     tiny_run_cfg,
     tiny_ssd300_cfg,
+    without_random_augmentation,
 )
 
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.slow]  # processes
@@ -63,10 +64,7 @@ def _yaml_trainer(folder, output, mode, accumulation):
     cfg = tiny_ssd300_cfg(num_classes=3)
     cfg.DATASETS.TRAIN = (DATASET,)
     cfg.DATASETS.TEST = ()
-    cfg.INPUT.SSD_AUG.PHOTOMETRIC = False
-    cfg.INPUT.SSD_AUG.EXPAND_RATIO = 1.0
-    cfg.INPUT.SSD_AUG.MIN_IOU_CROP = False
-    cfg.INPUT.RANDOM_FLIP = "none"
+    without_random_augmentation(cfg)
     cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
     cfg.MODEL.WEIGHTS = os.path.join(folder, "init.pth")
     cfg.MODEL.SSD.NEG_POS_RATIO = 1e6

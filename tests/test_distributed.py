@@ -34,6 +34,7 @@ from helpers import (
     tiny_run_cfg,
     tiny_ssd300_cfg,
     train_and_track,
+    without_random_augmentation,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -49,10 +50,7 @@ def _cfg(folder, output, dataset=DATASET, changes=None):
     cfg = tiny_ssd300_cfg(num_classes=3)
     cfg.DATASETS.TRAIN = (dataset,)
     cfg.DATASETS.TEST = (DATASET,)
-    cfg.INPUT.SSD_AUG.PHOTOMETRIC = False
-    cfg.INPUT.SSD_AUG.EXPAND_RATIO = 1.0
-    cfg.INPUT.SSD_AUG.MIN_IOU_CROP = False
-    cfg.INPUT.RANDOM_FLIP = "none"
+    without_random_augmentation(cfg)
     # Grouping by the original aspect ratio happens in each process, so one process and two
     # would batch different images (SSD resizes every image to the same square anyway).
     cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
