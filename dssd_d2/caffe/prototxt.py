@@ -326,6 +326,26 @@ def _step_value(step):
     return int(step) if float(step).is_integer() else float(step)
 
 
+# Caffe fillers of the official generators: DSOD's convs, and SSD513 / DSSD513's ConvBNLayer.
+_XAVIER: Message = [
+    ("weight_filler", [("type", "xavier")]),
+    ("bias_filler", [("type", "constant")]),
+]
+_GAUSSIAN: Message = [("weight_filler", [("type", "gaussian"), ("std", 0.01)])]
+
+
+def _bias_free_conv(out, k, pad, stride, fillers: Message) -> Message:
+    """convolution_param of a bias-free conv (followed by BatchNorm and Scale)."""
+    return [
+        ("num_output", out),
+        ("bias_term", False),
+        ("pad", pad),
+        ("kernel_size", k),
+        ("stride", stride),
+        *fillers,
+    ]
+
+
 def _multibox_head(b: _Builder, cfg, sources: Sequence[str], normalize: Sequence[bool], conv_bn):
     """CreateMultiBoxHead: per source an optional Normalize, loc and conf convs (+ BN and Scale
     for DSOD), Permute + Flatten, PriorBox; then the three Concats."""
@@ -362,14 +382,7 @@ def _multibox_head(b: _Builder, cfg, sources: Sequence[str], normalize: Sequence
             target = f"head.{module}.{level}"
             classes = num_classes if what == "conf" else 0
             if conv_bn:
-                conv_params: Message = [
-                    ("num_output", channels),
-                    ("bias_term", False),
-                    ("pad", k // 2),
-                    ("kernel_size", k),
-                    ("stride", 1),
-                    ("weight_filler", [("type", "gaussian"), ("std", 0.01)]),
-                ]
+                conv_params = _bias_free_conv(channels, k, k // 2, 1, _GAUSSIAN)
                 b.conv(
                     source,
                     conv_params,
@@ -513,15 +526,7 @@ def _bn_relu_conv(b: _Builder, x, target, out, k, stride=1, pad=0, relu_in_place
     x = b.batch_norm(x, f"{target}.0")
     b.scale(x, f"{target}.0")
     x = b.relu(x, in_place=relu_in_place)
-    conv_params: Message = [
-        ("num_output", out),
-        ("bias_term", False),
-        ("pad", pad),
-        ("kernel_size", k),
-        ("stride", stride),
-        ("weight_filler", [("type", "xavier")]),
-        ("bias_filler", [("type", "constant")]),
-    ]
+    conv_params = _bias_free_conv(out, k, pad, stride, _XAVIER)
     return b.conv(x, conv_params, params=(), name=name, target=f"{target}.2")
 
 
@@ -551,15 +556,7 @@ def _dsod(b: _Builder, cfg) -> Tuple[List[str], List[object]]:
     width = dsod.STEM_WIDTH
     x = "data"
     for i, out in enumerate((width, width, 2 * width)):
-        conv_params: Message = [
-            ("num_output", out),
-            ("bias_term", False),
-            ("pad", 1),
-            ("kernel_size", 3),
-            ("stride", 2 if i == 0 else 1),
-            ("weight_filler", [("type", "xavier")]),
-            ("bias_filler", [("type", "constant")]),
-        ]
+        conv_params = _bias_free_conv(out, 3, 1, 2 if i == 0 else 1, _XAVIER)
         x = b.conv(x, conv_params, params=(), target=f"backbone.stem.{i}")
         y = b.batch_norm(x, f"backbone.stem.{i}.norm")
         b.scale(y, f"backbone.stem.{i}.norm")
@@ -622,14 +619,7 @@ def _conv_bn(
     bn_name=None,
     scale_name=None,
 ):
-    conv_params: Message = [
-        ("num_output", out),
-        ("bias_term", False),
-        ("pad", pad),
-        ("kernel_size", k),
-        ("stride", stride),
-        ("weight_filler", [("type", "gaussian"), ("std", 0.01)]),
-    ]
+    conv_params = _bias_free_conv(out, k, pad, stride, _GAUSSIAN)
     if dilation > 1:
         conv_params.append(("dilation", dilation))
     b.conv(
